@@ -1,0 +1,17 @@
+/** The relay's services, composed once: configuration → logger, database, Kafka, store, loop state. */
+import { Layer } from "effect"
+import type { RelayConfig } from "./config/config.ts"
+import { Publisher } from "./kafka/publisher.ts"
+import { DatabaseLive } from "./outbox/database.ts"
+import { InstanceId } from "./outbox/instance-id.ts"
+import { OutboxStore } from "./outbox/outbox-store.ts"
+import { RelayState } from "./relay/relay-state.ts"
+import { LoggerLive } from "./telemetry/logger.ts"
+
+export const ServicesLive = Layer.mergeAll(OutboxStore.layer, Publisher.layer, RelayState.layer).pipe(
+  Layer.provideMerge(Layer.mergeAll(DatabaseLive, InstanceId.layer)),
+  Layer.provideMerge(LoggerLive),
+)
+
+/** Everything `run` needs, from a configuration layer (the environment, or a test's own). */
+export const appLayer = <E>(config: Layer.Layer<RelayConfig, E>) => ServicesLive.pipe(Layer.provideMerge(config))

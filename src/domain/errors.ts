@@ -1,0 +1,49 @@
+/**
+ * Every failure the relay knows, as tagged classes. The tag decides the route:
+ * retryable Kafka errors → FAILED with backoff; permanent ones → dead-letter topic;
+ * database errors → the loop backs off and reconnects; schema problems → refuse to start.
+ */
+import { Schema } from "effect"
+
+/** The broker could not take the batch now (down, timeout, leader moved, network); retry later. */
+export class KafkaUnavailable extends Schema.TaggedError<KafkaUnavailable>()("KafkaUnavailable", {
+  message: Schema.String,
+  /** A producer in this state cannot recover by itself (sequence / producer-id errors). */
+  producerFenced: Schema.Boolean,
+  cause: Schema.Defect(),
+}) {}
+
+/** Kafka refused the records for a reason no retry fixes (too large, invalid record). */
+export class KafkaRejected extends Schema.TaggedError<KafkaRejected>()("KafkaRejected", {
+  reason: Schema.Literals(["message_too_large", "invalid_record"]),
+  message: Schema.String,
+  cause: Schema.Defect(),
+}) {}
+
+/** Why an event was dead-lettered; stored in `dead_reason` and sent as the `dlq.reason` header. */
+export const DeadReason = Schema.Literals(["unknown_event_type", "message_too_large", "invalid_record", "attempts_exhausted"])
+export type DeadReason = typeof DeadReason.Type
+
+/** A row that cannot become a Kafka record at all (bad headers, unmapped type): no retry can fix it. */
+export class InvalidEvent extends Schema.TaggedError<InvalidEvent>()("InvalidEvent", {
+  reason: DeadReason,
+  message: Schema.String,
+}) {}
+
+export class DatabaseError extends Schema.TaggedError<DatabaseError>()("DatabaseError", {
+  operation: Schema.String,
+  message: Schema.String,
+  cause: Schema.Defect(),
+}) {}
+
+/** The database's outbox schema is not the one this build understands. */
+export class SchemaVersionMismatch extends Schema.TaggedError<SchemaVersionMismatch>()("SchemaVersionMismatch", {
+  found: Schema.Number,
+  expected: Schema.Number,
+}) {
+  override get message(): string {
+    return this.found < this.expected
+      ? `The outbox schema is at version ${this.found}, this relay needs version ${this.expected}: run \`outbox-relay migrate\` first.`
+      : `The outbox schema is at version ${this.found}, newer than this relay understands (${this.expected}): upgrade the relay.`
+  }
+}

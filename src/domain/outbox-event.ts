@@ -1,0 +1,40 @@
+/** An outbox row as the relay holds it between claim and mark. */
+export interface ClaimedEvent {
+  /** bigint identity, kept as text: JavaScript numbers cannot hold every bigint. */
+  readonly id: string
+  readonly eventId: string
+  readonly dedupKey: string
+  readonly eventType: string
+  readonly aggregateKey: string | null
+  /** The jsonb payload as JSON text: it is the message value as is, so it is never parsed. */
+  readonly payload: string
+  /** The jsonb headers column as JSON text; validated when the record is built. */
+  readonly headers: string
+  readonly requestId: string | null
+  readonly traceparent: string | null
+  /** Failed publish attempts so far. */
+  readonly attempts: number
+  readonly createdAtMs: number
+  /** Set when this claim took the row over from another instance whose lease had expired. */
+  readonly takenOverFrom: string | null
+}
+
+export type EventStatus = "NEW" | "SENT" | "FAILED" | "DEAD"
+
+/** Where Kafka put a record. */
+export interface Delivery {
+  readonly topic: string
+  readonly partition: number
+  readonly offset: string
+}
+
+/** An event to append to the outbox (what a service writes). */
+export interface NewEvent {
+  readonly dedupKey: string
+  readonly eventType: string
+  readonly aggregateKey?: string | null | undefined
+  readonly payload: unknown
+  readonly headers?: Readonly<Record<string, string>> | undefined
+  readonly requestId?: string | null | undefined
+  readonly traceparent?: string | null | undefined
+}

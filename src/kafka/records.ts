@@ -1,0 +1,63 @@
+/** Turns a claimed outbox row into the Kafka record consumers rely on: topic, key, value, headers. */
+import { Result } from "effect"
+import { InvalidEvent } from "../domain/errors.ts"
+import { type TopicMap, topicFor } from "../domain/event-types.ts"
+import type { ClaimedEvent } from "../domain/outbox-event.ts"
+
+export interface OutboundRecord {
+  readonly topic: string
+  readonly key: string
+  readonly value: string | null
+  readonly headers: Readonly<Record<string, string>>
+}
+
+// W3C trace context, version 00: 32 hex trace id and 16 hex span id, neither all zeros.
+const TRACEPARENT = /^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/
+export const isValidTraceparent = (s: string): boolean => TRACEPARENT.test(s)
+
+/** The row's own headers: a JSON object whose values are strings, numbers or booleans. */
+const readOwnHeaders = (json: string): Result.Result<Record<string, string>, string> => {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(json)
+  } catch {
+    return Result.fail("headers column is not valid JSON")
+  }
+  if (parsed === null) return Result.succeed({})
+  if (typeof parsed !== "object" || Array.isArray(parsed)) return Result.fail("headers column must be a JSON object")
+  const out: Record<string, string> = {}
+  for (const [k, v] of Object.entries(parsed)) {
+    if (typeof v === "string") out[k] = v
+    else if (typeof v === "number" || typeof v === "boolean") out[k] = String(v)
+    else return Result.fail(`header "${k}" must be a string, number or boolean`)
+  }
+  return Result.succeed(out)
+}
+
+/**
+ * The record for one event. The relay's headers are written after the row's own, so a
+ * row cannot spoof event_id or dedup_key. An invalid traceparent is dropped (reported by
+ * the caller), never a reason to lose the event.
+ */
+export const buildRecord = (event: ClaimedEvent, topics: TopicMap): Result.Result<OutboundRecord, InvalidEvent> => {
+  const topic = topicFor(topics, event.eventType)
+  if (topic === undefined) {
+    return Result.fail(
+      new InvalidEvent({
+        reason: "unknown_event_type",
+        message: `event_type "${event.eventType}" has no topic (set TOPIC_MAP to route it)`,
+      }),
+    )
+  }
+  const own = readOwnHeaders(event.headers)
+  if (Result.isFailure(own)) return Result.fail(new InvalidEvent({ reason: "invalid_record", message: own.failure }))
+  const headers: Record<string, string> = {
+    ...own.success,
+    event_id: event.eventId,
+    dedup_key: event.dedupKey,
+    event_type: event.eventType,
+  }
+  if (event.requestId !== null) headers.request_id = event.requestId
+  if (event.traceparent !== null && isValidTraceparent(event.traceparent)) headers.traceparent = event.traceparent
+  return Result.succeed({ topic, key: event.aggregateKey ?? event.dedupKey, value: event.payload, headers })
+}

@@ -1,0 +1,12 @@
+import * as m0001 from "./0001_outbox_event.ts"
+
+export interface Migration {
+  readonly version: number
+  readonly name: string
+  readonly statements: ReadonlyArray<string>
+}
+
+/** Append only: a released migration is never edited, a change is a new file. */
+export const migrations: ReadonlyArray<Migration> = [{ version: 1, name: "outbox_event", statements: m0001.statements }]
+
+export const LATEST_SCHEMA_VERSION = migrations[migrations.length - 1]!.version

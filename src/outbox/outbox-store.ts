@@ -1,0 +1,242 @@
+/**
+ * The claim / mark protocol on the outbox table. Every statement is short: no
+ * transaction stays open while Kafka is called, and marks only touch rows this
+ * instance still holds, so a lease taken over by another instance is never overwritten.
+ */
+import { Context, Effect, Layer } from "effect"
+import { SqlClient } from "effect/sql"
+import { RelayConfig } from "../config/config.ts"
+import type { DatabaseError, DeadReason } from "../domain/errors.ts"
+import type { ClaimedEvent, Delivery, EventStatus, NewEvent } from "../domain/outbox-event.ts"
+import { InstanceId } from "./instance-id.ts"
+import { toDatabaseError } from "./sql-error.ts"
+
+export interface SentMark extends Delivery {
+  readonly id: string
+}
+export interface FailedMark {
+  readonly id: string
+  readonly error: string
+  readonly retryInMs: number
+}
+export interface DeadMark {
+  readonly id: string
+  readonly reason: DeadReason
+  readonly error: string
+}
+
+/** Rows a mark did update, and rows whose lease another instance had taken over meanwhile. */
+export interface MarkResult {
+  readonly marked: ReadonlyArray<string>
+  readonly lost: ReadonlyArray<string>
+}
+
+export interface AppendResult {
+  /** Ids of the rows written; an event whose dedup_key already existed is not among them. */
+  readonly inserted: ReadonlyArray<string>
+  readonly duplicates: number
+}
+
+export type StatusCounts = Readonly<Record<EventStatus, number>>
+
+interface ClaimRow {
+  readonly id: string
+  readonly event_id: string
+  readonly dedup_key: string
+  readonly event_type: string
+  readonly aggregate_key: string | null
+  readonly payload: string
+  readonly headers: string
+  readonly request_id: string | null
+  readonly traceparent: string | null
+  readonly attempts: number
+  readonly created_at_ms: number
+  readonly previous_owner: string | null
+}
+
+const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
+  id: r.id,
+  eventId: r.event_id,
+  dedupKey: r.dedup_key,
+  eventType: r.event_type,
+  aggregateKey: r.aggregate_key,
+  payload: r.payload,
+  headers: r.headers,
+  requestId: r.request_id,
+  traceparent: r.traceparent,
+  attempts: r.attempts,
+  createdAtMs: Number(r.created_at_ms),
+  takenOverFrom: r.previous_owner,
+})
+
+const lostFrom = (requested: ReadonlyArray<{ readonly id: string }>, marked: ReadonlyArray<{ readonly id: string }>): MarkResult => {
+  const done = new Set(marked.map((r) => r.id))
+  return { marked: [...done], lost: requested.filter((r) => !done.has(r.id)).map((r) => r.id) }
+}
+
+export class OutboxStore extends Context.Service<
+  OutboxStore,
+  {
+    /** Leases up to `limit` due rows, oldest first, keeping each aggregate_key in id order. */
+    readonly claimDue: (limit: number) => Effect.Effect<ReadonlyArray<ClaimedEvent>, DatabaseError>
+    readonly markSent: (marks: ReadonlyArray<SentMark>) => Effect.Effect<MarkResult, DatabaseError>
+    readonly markFailed: (marks: ReadonlyArray<FailedMark>) => Effect.Effect<MarkResult, DatabaseError>
+    readonly markDead: (marks: ReadonlyArray<DeadMark>) => Effect.Effect<MarkResult, DatabaseError>
+    /** Gives back leases unpublished (graceful stop), so another instance need not wait for expiry. */
+    readonly release: (ids: ReadonlyArray<string>) => Effect.Effect<number, DatabaseError>
+    readonly append: (events: ReadonlyArray<NewEvent>) => Effect.Effect<AppendResult, DatabaseError>
+    readonly countByStatus: Effect.Effect<StatusCounts, DatabaseError>
+  }
+>()("outbox-relay/OutboxStore") {
+  static readonly layer = Layer.effect(
+    OutboxStore,
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const config = yield* RelayConfig
+      const me = yield* InstanceId
+      const leaseSeconds = config.leaseMs / 1000
+
+      const claimDue = (limit: number) =>
+        // SKIP LOCKED lets instances claim side by side without waiting on each other.
+        // A keyed row is eligible only when every older pending row of its key is in
+        // this same claim: a row held by another instance, or waiting for its retry,
+        // holds back the later rows of its key (and only of its key). Two concurrent
+        // claims cannot split a key: the older row is locked or leased by one of them,
+        // so it is missing from the other's candidates, which then skips the later row.
+        sql<ClaimRow>`
+          WITH candidates AS MATERIALIZED (
+            SELECT id, aggregate_key, locked_by
+              FROM outbox_event
+             WHERE status IN ('NEW', 'FAILED')
+               AND next_attempt_at <= now()
+               AND (locked_until IS NULL OR locked_until < now())
+             ORDER BY id
+             LIMIT ${limit}
+             FOR UPDATE SKIP LOCKED
+          ), eligible AS (
+            SELECT c.id, c.locked_by AS previous_owner
+              FROM candidates c
+             WHERE c.aggregate_key IS NULL
+                OR NOT EXISTS (
+                  SELECT 1 FROM outbox_event older
+                   WHERE older.aggregate_key = c.aggregate_key
+                     AND older.id < c.id
+                     AND older.status IN ('NEW', 'FAILED')
+                     AND older.id NOT IN (SELECT id FROM candidates))
+          )
+          UPDATE outbox_event o
+             SET locked_by = ${me}, locked_until = now() + make_interval(secs => ${leaseSeconds})
+            FROM eligible e
+           WHERE o.id = e.id
+          RETURNING o.id::text AS id, o.event_id::text AS event_id, o.dedup_key, o.event_type, o.aggregate_key,
+                    o.payload::text AS payload, o.headers::text AS headers, o.request_id, o.traceparent,
+                    o.attempts, (extract(epoch FROM o.created_at) * 1000)::float8 AS created_at_ms,
+                    e.previous_owner`.pipe(
+          // RETURNING order is not the claim order; publishing in id order is what keeps keys ordered.
+          Effect.map((rows) => rows.map(toClaimedEvent).sort((a, b) => compareIds(a.id, b.id))),
+          Effect.mapError(toDatabaseError("claim")),
+        )
+
+      const markSent = (marks: ReadonlyArray<SentMark>) =>
+        marks.length === 0
+          ? Effect.succeed({ marked: [], lost: [] })
+          : sql<{ id: string }>`
+              UPDATE outbox_event o
+                 SET status = 'SENT', sent_at = now(), locked_by = NULL, locked_until = NULL, last_error = NULL,
+                     kafka_topic = d.topic, kafka_partition = d.partition, kafka_offset = d.kafka_offset
+                FROM (SELECT unnest(${marks.map((m) => m.id)}::bigint[]) AS id,
+                             unnest(${marks.map((m) => m.topic)}::text[]) AS topic,
+                             unnest(${marks.map((m) => m.partition)}::int[]) AS partition,
+                             unnest(${marks.map((m) => m.offset)}::bigint[]) AS kafka_offset) d
+               WHERE o.id = d.id AND o.locked_by = ${me} AND o.status IN ('NEW', 'FAILED')
+              RETURNING o.id::text AS id`.pipe(
+              Effect.map((rows) => lostFrom(marks, rows)),
+              Effect.mapError(toDatabaseError("mark sent")),
+            )
+
+      const markFailed = (marks: ReadonlyArray<FailedMark>) =>
+        marks.length === 0
+          ? Effect.succeed({ marked: [], lost: [] })
+          : sql<{ id: string }>`
+              UPDATE outbox_event o
+                 SET status = 'FAILED', attempts = o.attempts + 1, last_error = d.error,
+                     next_attempt_at = now() + make_interval(secs => d.retry_in_ms / 1000.0),
+                     locked_by = NULL, locked_until = NULL
+                FROM (SELECT unnest(${marks.map((m) => m.id)}::bigint[]) AS id,
+                             unnest(${marks.map((m) => m.error)}::text[]) AS error,
+                             unnest(${marks.map((m) => m.retryInMs)}::float8[]) AS retry_in_ms) d
+               WHERE o.id = d.id AND o.locked_by = ${me} AND o.status IN ('NEW', 'FAILED')
+              RETURNING o.id::text AS id`.pipe(
+              Effect.map((rows) => lostFrom(marks, rows)),
+              Effect.mapError(toDatabaseError("mark failed")),
+            )
+
+      const markDead = (marks: ReadonlyArray<DeadMark>) =>
+        marks.length === 0
+          ? Effect.succeed({ marked: [], lost: [] })
+          : sql<{ id: string }>`
+              UPDATE outbox_event o
+                 SET status = 'DEAD', attempts = o.attempts + 1, dead_reason = d.reason, last_error = d.error,
+                     locked_by = NULL, locked_until = NULL
+                FROM (SELECT unnest(${marks.map((m) => m.id)}::bigint[]) AS id,
+                             unnest(${marks.map((m) => m.reason)}::text[]) AS reason,
+                             unnest(${marks.map((m) => m.error)}::text[]) AS error) d
+               WHERE o.id = d.id AND o.locked_by = ${me} AND o.status IN ('NEW', 'FAILED')
+              RETURNING o.id::text AS id`.pipe(
+              Effect.map((rows) => lostFrom(marks, rows)),
+              Effect.mapError(toDatabaseError("mark dead")),
+            )
+
+      const release = (ids: ReadonlyArray<string>) =>
+        ids.length === 0
+          ? Effect.succeed(0)
+          : sql<{ id: string }>`
+              UPDATE outbox_event SET locked_by = NULL, locked_until = NULL
+               WHERE id = ANY(${ids}::bigint[]) AND locked_by = ${me} AND status IN ('NEW', 'FAILED')
+              RETURNING id::text AS id`.pipe(
+              Effect.map((rows) => rows.length),
+              Effect.mapError(toDatabaseError("release")),
+            )
+
+      const append = (events: ReadonlyArray<NewEvent>) =>
+        events.length === 0
+          ? Effect.succeed({ inserted: [], duplicates: 0 })
+          : sql<{ id: string }>`
+              INSERT INTO outbox_event (dedup_key, event_type, aggregate_key, payload, headers, request_id, traceparent)
+              SELECT dedup_key, event_type, aggregate_key, payload, coalesce(headers, '{}'::jsonb), request_id, traceparent
+                FROM jsonb_to_recordset(${JSON.stringify(events.map(toInsertRow))}::jsonb)
+                  AS e(dedup_key text, event_type text, aggregate_key text, payload jsonb, headers jsonb, request_id text, traceparent text)
+              ON CONFLICT (dedup_key) DO NOTHING
+              RETURNING id::text AS id`.pipe(
+              Effect.map((rows) => ({ inserted: rows.map((r) => r.id), duplicates: events.length - rows.length })),
+              Effect.mapError(toDatabaseError("append")),
+            )
+
+      const countByStatus = sql<{ status: EventStatus; n: number }>`
+        SELECT status, count(*)::int AS n FROM outbox_event GROUP BY status`.pipe(
+        Effect.map((rows) => {
+          const counts: Record<EventStatus, number> = { NEW: 0, SENT: 0, FAILED: 0, DEAD: 0 }
+          for (const r of rows) counts[r.status] = r.n
+          return counts
+        }),
+        Effect.mapError(toDatabaseError("count")),
+      )
+
+      return OutboxStore.of({ claimDue, markSent, markFailed, markDead, release, append, countByStatus })
+    }),
+  )
+}
+
+// One jsonb parameter for the whole batch: column arrays of only nulls cannot be typed by the driver.
+const toInsertRow = (e: NewEvent) => ({
+  dedup_key: e.dedupKey,
+  event_type: e.eventType,
+  aggregate_key: e.aggregateKey ?? null,
+  payload: e.payload ?? null,
+  headers: e.headers ?? {},
+  request_id: e.requestId ?? null,
+  traceparent: e.traceparent ?? null,
+})
+
+/** Numeric order of bigint ids held as text. */
+export const compareIds = (a: string, b: string): number => a.length - b.length || (a < b ? -1 : a > b ? 1 : 0)

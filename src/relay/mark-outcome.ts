@@ -1,0 +1,90 @@
+/** Writes a batch's outcome back to the outbox, and says what it means in logs and metrics. */
+import { Effect, Metric, Schedule } from "effect"
+import { RelayConfig } from "../config/config.ts"
+import { OutboxStore } from "../outbox/outbox-store.ts"
+import { deadLetters, endToEndSeconds, leasesLost, publishDead, publishFailed, publishSent } from "../telemetry/metrics.ts"
+import { retryDelayMs } from "./backoff.ts"
+import type { BatchOutcome } from "./publish-batch.ts"
+
+export interface BatchSummary {
+  readonly sent: number
+  readonly failed: number
+  readonly dead: number
+  readonly held: number
+  readonly lost: number
+}
+
+// A mark that fails after Kafka acknowledged leaves rows leased; they come back after the
+// lease and are published again (a duplicate). A few quick retries make that rare.
+const markRetry = Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 3 }))
+
+export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: BatchOutcome) {
+  const store = yield* OutboxStore
+  const config = yield* RelayConfig
+  const policy = { baseMs: config.backoffBaseMs, maxMs: config.backoffMaxMs }
+
+  const failedMarks = yield* Effect.forEach(outcome.failed, ({ event, error }) =>
+    Effect.map(retryDelayMs(policy, event.attempts + 1), (retryInMs) => ({ id: event.id, error, retryInMs })),
+  )
+  const [sent, failed, dead] = yield* Effect.all(
+    [
+      store.markSent(outcome.sent.map(({ event, delivery }) => ({ id: event.id, ...delivery }))),
+      store.markFailed(failedMarks),
+      store.markDead(outcome.dead.map(({ event, reason, error }) => ({ id: event.id, reason, error }))),
+      store.release(outcome.held.map((e) => e.id)),
+    ],
+    { concurrency: "unbounded" },
+  ).pipe(Effect.retry({ schedule: markRetry, while: (e) => e._tag === "DatabaseError" }))
+
+  const now = Date.now()
+  const markedSent = new Set(sent.marked)
+  for (const { event, delivery } of outcome.sent) {
+    if (!markedSent.has(event.id)) continue
+    yield* Metric.update(endToEndSeconds, (now - event.createdAtMs) / 1000)
+    yield* Effect.logDebug("SENT").pipe(
+      Effect.annotateLogs({
+        event_id: event.eventId,
+        event_type: event.eventType,
+        dedup_key: event.dedupKey,
+        topic: delivery.topic,
+        partition: delivery.partition,
+        offset: delivery.offset,
+        request_id: event.requestId ?? undefined,
+      }),
+    )
+  }
+  for (const letter of outcome.dead) {
+    yield* Effect.logError("event dead-lettered").pipe(
+      Effect.annotateLogs({
+        ops_ticket: true,
+        event_id: letter.event.eventId,
+        event_type: letter.event.eventType,
+        dedup_key: letter.event.dedupKey,
+        reason: letter.reason,
+        error: letter.error,
+        attempts: letter.event.attempts + 1,
+        topic: config.dlqTopic,
+        request_id: letter.event.requestId ?? undefined,
+      }),
+    )
+  }
+  const lost = [...sent.lost, ...failed.lost, ...dead.lost]
+  if (lost.length > 0) {
+    // Another instance took these over after our lease expired: it will publish them again.
+    yield* Effect.logWarning("lease lost before marking; another instance took these rows over").pipe(
+      Effect.annotateLogs({ ids: lost.join(","), count: lost.length }),
+    )
+  }
+  yield* Metric.update(publishSent, sent.marked.length)
+  yield* Metric.update(publishFailed, failed.marked.length)
+  yield* Metric.update(publishDead, dead.marked.length)
+  yield* Metric.update(deadLetters, outcome.dead.length)
+  yield* Metric.update(leasesLost, lost.length)
+  return {
+    sent: sent.marked.length,
+    failed: failed.marked.length,
+    dead: dead.marked.length,
+    held: outcome.held.length,
+    lost: lost.length,
+  } satisfies BatchSummary
+})

@@ -1,0 +1,169 @@
+/**
+ * Publishes one claimed batch and decides each event's route. Nothing here writes to
+ * the database: the outcome says, per event, sent (with its offset), failed (retry
+ * later), dead (already on the dead-letter topic) or held (give the lease back untried).
+ */
+import { Duration, Effect, Result } from "effect"
+import { RelayConfig } from "../config/config.ts"
+import type { KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
+import type { ClaimedEvent, Delivery } from "../domain/outbox-event.ts"
+import { Publisher } from "../kafka/publisher.ts"
+import { buildRecord, isValidTraceparent, type OutboundRecord } from "../kafka/records.ts"
+import { publishDurationSeconds } from "../telemetry/metrics.ts"
+import { type DeadLetter, deadLetterRecord } from "./dead-letter.ts"
+
+export interface BatchOutcome {
+  readonly sent: ReadonlyArray<{ readonly event: ClaimedEvent; readonly delivery: Delivery }>
+  readonly failed: ReadonlyArray<{ readonly event: ClaimedEvent; readonly error: string }>
+  readonly dead: ReadonlyArray<DeadLetter>
+  readonly held: ReadonlyArray<ClaimedEvent>
+}
+
+interface Publishable {
+  readonly event: ClaimedEvent
+  readonly record: OutboundRecord
+}
+
+interface Attempted {
+  readonly sent: Array<{ event: ClaimedEvent; delivery: Delivery }>
+  readonly failed: Array<{ event: ClaimedEvent; error: string }>
+  readonly dead: Array<DeadLetter>
+  readonly held: Array<ClaimedEvent>
+}
+
+const emptyAttempt = (): Attempted => ({ sent: [], failed: [], dead: [], held: [] })
+
+/** Sorts claimed events into records to publish and events no retry can fix. */
+const route = Effect.fnUntraced(function* (events: ReadonlyArray<ClaimedEvent>) {
+  const config = yield* RelayConfig
+  const publishable: Array<Publishable> = []
+  const dead: Array<DeadLetter> = []
+  for (const event of events) {
+    const built = buildRecord(event, config.topicMap)
+    if (event.attempts >= config.maxAttempts) {
+      // Its attempts ran out earlier but the dead-letter topic was unreachable then.
+      dead.push({
+        event,
+        reason: "attempts_exhausted",
+        error: `gave up after ${event.attempts} attempts`,
+        original: Result.getOrUndefined(built),
+      })
+    } else if (Result.isFailure(built)) {
+      dead.push({ event, reason: built.failure.reason, error: built.failure.message, original: undefined })
+    } else {
+      if (event.traceparent !== null && !isValidTraceparent(event.traceparent)) {
+        yield* Effect.logWarning("invalid traceparent dropped; the event is published without it").pipe(
+          Effect.annotateLogs({ event_id: event.eventId, dedup_key: event.dedupKey, traceparent: event.traceparent }),
+        )
+      }
+      publishable.push({ event, record: built.success })
+    }
+  }
+  return { publishable, dead }
+})
+
+/** A retryable failure, unless this was the event's last attempt. */
+const failOrExhaust = (into: Attempted, item: Publishable, error: string, maxAttempts: number) => {
+  if (item.event.attempts + 1 >= maxAttempts) {
+    into.dead.push({ event: item.event, reason: "attempts_exhausted", error, original: item.record })
+  } else {
+    into.failed.push({ event: item.event, error })
+  }
+}
+
+/**
+ * One record at a time, in id order, to find which records Kafka rejects. After a
+ * retryable failure the later records of the same key are held back, so a key's
+ * order on Kafka survives the isolation.
+ */
+const isolateRejected = Effect.fnUntraced(function* (items: ReadonlyArray<Publishable>) {
+  const publisher = yield* Publisher
+  const { maxAttempts } = yield* RelayConfig
+  const out = emptyAttempt()
+  const blockedKeys = new Set<string>()
+  for (const item of items) {
+    if (blockedKeys.has(item.record.key)) {
+      out.held.push(item.event)
+      continue
+    }
+    const result = yield* Effect.result(publisher.publish([item.record]))
+    if (Result.isSuccess(result)) {
+      out.sent.push({ event: item.event, delivery: result.success[0]! })
+    } else if (result.failure._tag === "KafkaRejected") {
+      out.dead.push({ event: item.event, reason: result.failure.reason, error: result.failure.message, original: item.record })
+    } else {
+      blockedKeys.add(item.record.key)
+      failOrExhaust(out, item, result.failure.message, maxAttempts)
+    }
+  }
+  return out
+})
+
+const publishRecords = Effect.fnUntraced(function* (items: ReadonlyArray<Publishable>) {
+  const publisher = yield* Publisher
+  const { maxAttempts } = yield* RelayConfig
+  if (items.length === 0) return emptyAttempt()
+  const result = yield* Effect.result(
+    publisher.publish(items.map((i) => i.record)).pipe(Effect.trackDuration(publishDurationSeconds, (d) => Duration.toSeconds(d))),
+  )
+  if (Result.isSuccess(result)) {
+    return { ...emptyAttempt(), sent: items.map((item, i) => ({ event: item.event, delivery: result.success[i]! })) }
+  }
+  const error: KafkaUnavailable | KafkaRejected = result.failure
+  if (error._tag === "KafkaRejected") {
+    if (items.length === 1) {
+      return {
+        ...emptyAttempt(),
+        dead: [{ event: items[0]!.event, reason: error.reason, error: error.message, original: items[0]!.record }],
+      }
+    }
+    yield* Effect.logWarning("Kafka rejected a batch; publishing its records one by one to find the bad ones").pipe(
+      Effect.annotateLogs({ error: error.message, batch: items.length }),
+    )
+    return yield* isolateRejected(items)
+  }
+  yield* Effect.logWarning("Kafka unavailable; the batch will be retried with backoff").pipe(
+    Effect.annotateLogs({ error: error.message, batch: items.length }),
+  )
+  const out = emptyAttempt()
+  for (const item of items) failOrExhaust(out, item, error.message, maxAttempts)
+  return out
+})
+
+/**
+ * Dead letters go to the DLQ topic before their rows may become DEAD. If the DLQ
+ * cannot be reached, the rows stay FAILED and are tried again: a dead letter is never dropped.
+ */
+const publishDeadLetters = Effect.fnUntraced(function* (letters: ReadonlyArray<DeadLetter>) {
+  const publisher = yield* Publisher
+  const { dlqTopic } = yield* RelayConfig
+  const done: Array<DeadLetter> = []
+  const failed: Array<{ event: ClaimedEvent; error: string }> = []
+  if (letters.length === 0) return { done, failed }
+  const now = new Date()
+  const sendOne = (letter: DeadLetter) =>
+    publisher
+      .publish([deadLetterRecord(letter, dlqTopic, now)])
+      .pipe(Effect.catchTag("KafkaRejected", () => publisher.publish([deadLetterRecord(letter, dlqTopic, now, { omitValue: true })])))
+  const batch = yield* Effect.result(publisher.publish(letters.map((l) => deadLetterRecord(l, dlqTopic, now))))
+  if (Result.isSuccess(batch)) return { done: [...letters], failed }
+  for (const letter of letters) {
+    const one = yield* Effect.result(sendOne(letter))
+    if (Result.isSuccess(one)) done.push(letter)
+    else
+      failed.push({ event: letter.event, error: `dead letter (${letter.reason}: ${letter.error}) not published: ${one.failure.message}` })
+  }
+  return { done, failed }
+})
+
+export const publishBatch = Effect.fn("Relay.publishBatch")(function* (events: ReadonlyArray<ClaimedEvent>) {
+  const { publishable, dead } = yield* route(events)
+  const attempted = yield* publishRecords(publishable)
+  const letters = yield* publishDeadLetters([...dead, ...attempted.dead])
+  return {
+    sent: attempted.sent,
+    failed: [...attempted.failed, ...letters.failed],
+    dead: letters.done,
+    held: attempted.held,
+  } satisfies BatchOutcome
+})

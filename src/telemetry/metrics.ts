@@ -1,0 +1,43 @@
+/**
+ * The relay's metrics, named as operators will query them. Gauges fed from the database
+ * are refreshed on an interval elsewhere; everything here is updated on the hot path.
+ */
+import { Metric } from "effect"
+
+export const publishTotal = Metric.counter("outbox_publish_total", {
+  description: "Events by outcome of a publish attempt: sent, failed (will retry), dead (dead-lettered)",
+  incremental: true,
+})
+export const publishSent = Metric.withAttributes(publishTotal, { status: "sent" })
+export const publishFailed = Metric.withAttributes(publishTotal, { status: "failed" })
+export const publishDead = Metric.withAttributes(publishTotal, { status: "dead" })
+
+export const deadLetters = Metric.counter("outbox_dead_letters_total", {
+  description: "Events published to the dead-letter topic",
+  incremental: true,
+})
+
+export const leaseTakeovers = Metric.counter("outbox_lease_takeovers_total", {
+  description: "Rows claimed after another instance's lease expired (a possible duplicate on Kafka)",
+  incremental: true,
+})
+
+export const leasesLost = Metric.counter("outbox_lease_lost_total", {
+  description: "Rows this instance published but could not mark, because another instance had taken them over",
+  incremental: true,
+})
+
+export const batchSize = Metric.histogram("outbox_batch_size", {
+  description: "Rows per claimed batch",
+  boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 11 }),
+})
+
+export const publishDurationSeconds = Metric.histogram("outbox_publish_duration_seconds", {
+  description: "Time to publish one batch to Kafka",
+  boundaries: Metric.exponentialBoundaries({ start: 0.001, factor: 2, count: 14 }),
+})
+
+export const endToEndSeconds = Metric.histogram("outbox_event_age_at_send_seconds", {
+  description: "Time from the row's created_at to Kafka's acknowledgement",
+  boundaries: Metric.exponentialBoundaries({ start: 0.005, factor: 2, count: 16 }),
+})

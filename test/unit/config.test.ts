@@ -1,0 +1,98 @@
+import { Redacted, Result } from "effect"
+import { describe, expect, it } from "vitest"
+import { parseConfig } from "../../src/config/config.ts"
+import { parseDurationMs } from "../../src/config/settings.ts"
+import { DEFAULT_TOPIC_MAP } from "../../src/domain/event-types.ts"
+
+const valid = { DATABASE_URL: "postgres://app:s3cret@db:5432/app", KAFKA_BROKERS: "k1:9092, k2:9092" }
+
+const problems = (env: Record<string, string>) => {
+  const parsed = parseConfig(env)
+  return Result.isFailure(parsed) ? parsed.failure.map((p) => p.variable) : []
+}
+
+describe("configuration", () => {
+  it("applies the documented defaults", () => {
+    const c = Result.getOrThrow(parseConfig(valid))
+    expect(c.kafkaBrokers).toEqual(["k1:9092", "k2:9092"])
+    expect(c.pollIntervalMs).toBe(500)
+    expect(c.batchSize).toBe(500)
+    expect(c.leaseMs).toBe(30_000)
+    expect(c.maxAttempts).toBe(10)
+    expect(c.backoffBaseMs).toBe(500)
+    expect(c.backoffMaxMs).toBe(300_000)
+    expect(c.dlqTopic).toBe("outbox.dlq")
+    expect(c.relayPaused).toBe(false)
+    expect(c.httpPort).toBe(8080)
+    expect(c.retention).toBe(7 * 86_400_000)
+    expect(c.logLevel).toBe("info")
+    expect(c.logFormat).toBe("json")
+    expect(c.topicMap).toEqual(DEFAULT_TOPIC_MAP)
+  })
+
+  it("keeps secrets redacted in every rendering", () => {
+    const c = Result.getOrThrow(
+      parseConfig({ ...valid, KAFKA_SASL_MECHANISM: "plain", KAFKA_SASL_USERNAME: "u", KAFKA_SASL_PASSWORD: "hunter2hunter2" }),
+    )
+    const rendered = `${JSON.stringify(c)} ${String(c.databaseUrl)} ${String(c.kafkaSaslPassword)}`
+    expect(rendered).not.toContain("s3cret")
+    expect(rendered).not.toContain("hunter2")
+    expect(Redacted.value(c.databaseUrl)).toBe(valid.DATABASE_URL)
+  })
+
+  it("names every missing required variable at once", () => {
+    expect(problems({})).toEqual(["DATABASE_URL", "KAFKA_BROKERS"])
+  })
+
+  it.each([
+    ["BATCH_SIZE", "0"],
+    ["BATCH_SIZE", "5000"],
+    ["BATCH_SIZE", "12.5"],
+    ["POLL_INTERVAL_MS", "199"],
+    ["POLL_INTERVAL_MS", "1001"],
+    ["LOG_FORMAT", "xml"],
+    ["LOG_LEVEL", "loud"],
+    ["RELAY_PAUSED", "maybe"],
+    ["DATABASE_URL", "mysql://db/app"],
+    ["DATABASE_URL", "not a url"],
+    ["KAFKA_BROKERS", "localhost"],
+    ["TOPIC_MAP", "{not json"],
+    ["TOPIC_MAP", '{"search_click": 5}'],
+    ["TOPIC_MAP", '{"search_click": "bad topic!"}'],
+    ["DLQ_TOPIC", "dead letters"],
+    ["RETENTION", "a week"],
+    ["ADMIN_TOKEN", "short"],
+    ["OPS_WEBHOOK_URL", "ftp://x"],
+    ["KAFKA_SASL_MECHANISM", "kerberos"],
+  ])("rejects %s=%s naming the variable", (name, value) => {
+    expect(problems({ ...valid, [name]: value })).toEqual([name])
+  })
+
+  it("reports several invalid variables in one message", () => {
+    expect(problems({ ...valid, BATCH_SIZE: "5000", POLL_INTERVAL_MS: "50", LOG_FORMAT: "xml" })).toEqual([
+      "POLL_INTERVAL_MS",
+      "BATCH_SIZE",
+      "LOG_FORMAT",
+    ])
+  })
+
+  it("checks settings that depend on each other", () => {
+    expect(problems({ ...valid, BACKOFF_BASE_MS: "1000", BACKOFF_MAX_MS: "500" })).toEqual(["BACKOFF_MAX_MS"])
+    expect(problems({ ...valid, LEASE_MS: "5000", PUBLISH_TIMEOUT_MS: "5000" })).toEqual(["PUBLISH_TIMEOUT_MS"])
+    expect(problems({ ...valid, KAFKA_SASL_MECHANISM: "plain" })).toEqual(["KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"])
+  })
+
+  it("merges TOPIC_MAP over the defaults", () => {
+    const c = Result.getOrThrow(parseConfig({ ...valid, TOPIC_MAP: '{"search_click":"clicks","order_placed":"orders"}' }))
+    expect(c.topicMap.search_click).toBe("clicks")
+    expect(c.topicMap.order_placed).toBe("orders")
+    expect(c.topicMap.search_dwell).toBe(DEFAULT_TOPIC_MAP.search_dwell)
+  })
+
+  it("reads durations with units", () => {
+    expect(Result.getOrThrow(parseDurationMs("7d"))).toBe(604_800_000)
+    expect(Result.getOrThrow(parseDurationMs("90s"))).toBe(90_000)
+    expect(Result.getOrThrow(parseDurationMs("0"))).toBe(0)
+    expect(Result.isFailure(parseDurationMs("7 weeks"))).toBe(true)
+  })
+})
