@@ -2,13 +2,14 @@
 import { Layer } from "effect"
 import type { RelayConfig } from "./config/config.ts"
 import { Publisher } from "./kafka/publisher.ts"
+import { DeadLetterSignal } from "./ops/dead-letter-signal.ts"
 import { DatabaseLive } from "./outbox/database.ts"
 import { InstanceId } from "./outbox/instance-id.ts"
 import { OutboxStore } from "./outbox/outbox-store.ts"
 import { RelayState } from "./relay/relay-state.ts"
 import { LoggerLive } from "./telemetry/logger.ts"
 
-export const ServicesLive = Layer.mergeAll(OutboxStore.layer, Publisher.layer, RelayState.layer).pipe(
+export const ServicesLive = Layer.mergeAll(OutboxStore.layer, Publisher.layer, RelayState.layer, DeadLetterSignal.layer).pipe(
   Layer.provideMerge(Layer.mergeAll(DatabaseLive, InstanceId.layer)),
   Layer.provideMerge(LoggerLive),
 )

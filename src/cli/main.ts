@@ -2,13 +2,14 @@
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Effect, Runtime } from "effect"
 import { Command } from "effect/cli"
+import { dlqCommand, replayCommand } from "./dead-letter-commands.ts"
 import { demoCommand } from "./demo-command.ts"
 import { migrateCommand } from "./migrate-command.ts"
 import { runCommand } from "./run-command.ts"
 
 const outboxRelay = Command.make("outbox-relay").pipe(
   Command.withDescription("Moves events from a PostgreSQL outbox table onto Apache Kafka without losing one."),
-  Command.withSubcommands([runCommand, migrateCommand, demoCommand]),
+  Command.withSubcommands([runCommand, migrateCommand, dlqCommand, replayCommand, demoCommand]),
 )
 
 outboxRelay.pipe(

@@ -2,9 +2,11 @@ import { Effect } from "effect"
 import { Command } from "effect/cli"
 import { appLayer } from "../app-layer.ts"
 import { RelayConfig } from "../config/config.ts"
-import { runRelay } from "../relay/relay.ts"
+import { runRelayUntilStopped } from "../relay/relay.ts"
 import { reportFailures } from "./cli-failure.ts"
 
-export const runCommand = Command.make("run", {}, () => reportFailures(runRelay.pipe(Effect.provide(appLayer(RelayConfig.layer))))).pipe(
+export const runCommand = Command.make("run", {}, () =>
+  reportFailures(runRelayUntilStopped.pipe(Effect.provide(appLayer(RelayConfig.layer)))),
+).pipe(
   Command.withDescription("Run the relay until SIGTERM/SIGINT. Configuration comes from environment variables; see the README's table."),
 )

@@ -43,10 +43,13 @@ const readTopicMap = (raw: string): Result.Result<TopicMap, string> => {
     : Result.succeed(mergeTopicMap(decoded.success))
 }
 
-const readHttpUrl = (raw: string): Result.Result<string, string> => {
+/** Redacted: webhook URLs often carry a token. */
+const readHttpUrl = (raw: string): Result.Result<Redacted.Redacted<string>, string> => {
   try {
     const url = new URL(raw)
-    return url.protocol === "http:" || url.protocol === "https:" ? Result.succeed(raw) : Result.fail("must be an http(s) URL")
+    return url.protocol === "http:" || url.protocol === "https:"
+      ? Result.succeed(Redacted.make(raw))
+      : Result.fail("must be an http(s) URL")
   } catch {
     return Result.fail("must be an http(s) URL")
   }
@@ -90,6 +93,11 @@ export const settings = {
     default: { value: mergeTopicMap({}), text: "{}" },
   }),
   dlqTopic: Settings.string("DLQ_TOPIC", "Dead-letter topic", "outbox.dlq", topicCheck),
+  shutdownGraceMs: Settings.int("SHUTDOWN_GRACE_MS", "On SIGTERM, how long the in-flight batch may take to finish before the relay stops", {
+    min: 0,
+    max: 600_000,
+    default: 15_000,
+  }),
   relayPaused: Settings.boolean("RELAY_PAUSED", "Start paused: no claims until resumed", false),
   httpPort: Settings.int("HTTP_PORT", "Port of health, readiness, metrics and admin endpoints (0 = any free port)", {
     min: 0,

@@ -1,9 +1,10 @@
 /** Writes a batch's outcome back to the outbox, and says what it means in logs and metrics. */
-import { Effect, Metric, Schedule } from "effect"
+import { Duration, Effect, Metric, Schedule } from "effect"
 import { RelayConfig } from "../config/config.ts"
+import { DeadLetterSignal } from "../ops/dead-letter-signal.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
-import { deadLetters, endToEndSeconds, leasesLost, publishDead, publishFailed, publishSent } from "../telemetry/metrics.ts"
-import { retryDelayMs } from "./backoff.ts"
+import { endToEndSeconds, leasesLost, publishDead, publishFailed, publishSent } from "../telemetry/metrics.ts"
+import { backoffSchedule, retryDelayMs } from "./backoff.ts"
 import type { BatchOutcome } from "./publish-batch.ts"
 
 export interface BatchSummary {
@@ -15,12 +16,15 @@ export interface BatchSummary {
 }
 
 // A mark that fails after Kafka acknowledged leaves rows leased; they come back after the
-// lease and are published again (a duplicate). A few quick retries make that rare.
-const markRetry = Schedule.exponential("100 millis").pipe(Schedule.upTo({ times: 3 }))
+// lease and are published again (a duplicate). Retrying for most of the lease rides out a
+// database restart without one; past that, another instance may already have them.
+const markRetry = (leaseMs: number) =>
+  backoffSchedule({ baseMs: 100, maxMs: 2_000 }).pipe(Schedule.upTo({ duration: Duration.millis(leaseMs * 0.8) }))
 
 export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: BatchOutcome) {
   const store = yield* OutboxStore
   const config = yield* RelayConfig
+  const signal = yield* DeadLetterSignal
   const policy = { baseMs: config.backoffBaseMs, maxMs: config.backoffMaxMs }
 
   const failedMarks = yield* Effect.forEach(outcome.failed, ({ event, error }) =>
@@ -34,7 +38,10 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
       store.release(outcome.held.map((e) => e.id)),
     ],
     { concurrency: "unbounded" },
-  ).pipe(Effect.retry({ schedule: markRetry, while: (e) => e._tag === "DatabaseError" }))
+  ).pipe(
+    Effect.tapError((e) => Effect.logWarning("marking failed; retrying within the lease").pipe(Effect.annotateLogs({ error: e.message }))),
+    Effect.retry({ schedule: markRetry(config.leaseMs), while: (e) => e._tag === "DatabaseError" }),
+  )
 
   const now = Date.now()
   const markedSent = new Set(sent.marked)
@@ -53,21 +60,8 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
       }),
     )
   }
-  for (const letter of outcome.dead) {
-    yield* Effect.logError("event dead-lettered").pipe(
-      Effect.annotateLogs({
-        ops_ticket: true,
-        event_id: letter.event.eventId,
-        event_type: letter.event.eventType,
-        dedup_key: letter.event.dedupKey,
-        reason: letter.reason,
-        error: letter.error,
-        attempts: letter.event.attempts + 1,
-        topic: config.dlqTopic,
-        request_id: letter.event.requestId ?? undefined,
-      }),
-    )
-  }
+  const markedDead = new Set(dead.marked)
+  yield* signal.raise(outcome.dead.filter((letter) => markedDead.has(letter.event.id)))
   const lost = [...sent.lost, ...failed.lost, ...dead.lost]
   if (lost.length > 0) {
     // Another instance took these over after our lease expired: it will publish them again.
@@ -78,7 +72,6 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
   yield* Metric.update(publishSent, sent.marked.length)
   yield* Metric.update(publishFailed, failed.marked.length)
   yield* Metric.update(publishDead, dead.marked.length)
-  yield* Metric.update(deadLetters, outcome.dead.length)
   yield* Metric.update(leasesLost, lost.length)
   return {
     sent: sent.marked.length,

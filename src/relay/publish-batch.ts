@@ -17,6 +17,8 @@ export interface BatchOutcome {
   readonly failed: ReadonlyArray<{ readonly event: ClaimedEvent; readonly error: string }>
   readonly dead: ReadonlyArray<DeadLetter>
   readonly held: ReadonlyArray<ClaimedEvent>
+  /** Kafka could not be reached for this batch: the loop should wait for it before claiming more. */
+  readonly kafkaUnavailable: boolean
 }
 
 interface Publishable {
@@ -29,9 +31,10 @@ interface Attempted {
   readonly failed: Array<{ event: ClaimedEvent; error: string }>
   readonly dead: Array<DeadLetter>
   readonly held: Array<ClaimedEvent>
+  kafkaUnavailable: boolean
 }
 
-const emptyAttempt = (): Attempted => ({ sent: [], failed: [], dead: [], held: [] })
+const emptyAttempt = (): Attempted => ({ sent: [], failed: [], dead: [], held: [], kafkaUnavailable: false })
 
 /** Sorts claimed events into records to publish and events no retry can fix. */
 const route = Effect.fnUntraced(function* (events: ReadonlyArray<ClaimedEvent>) {
@@ -72,17 +75,16 @@ const failOrExhaust = (into: Attempted, item: Publishable, error: string, maxAtt
 }
 
 /**
- * One record at a time, in id order, to find which records Kafka rejects. After a
- * retryable failure the later records of the same key are held back, so a key's
- * order on Kafka survives the isolation.
+ * One record at a time, in id order, to find which records Kafka rejects. At the first
+ * retryable failure the rest of the batch is given back untried: Kafka is in trouble,
+ * and keeping the remaining records of each key behind the failed one keeps key order.
  */
 const isolateRejected = Effect.fnUntraced(function* (items: ReadonlyArray<Publishable>) {
   const publisher = yield* Publisher
   const { maxAttempts } = yield* RelayConfig
   const out = emptyAttempt()
-  const blockedKeys = new Set<string>()
   for (const item of items) {
-    if (blockedKeys.has(item.record.key)) {
+    if (out.kafkaUnavailable) {
       out.held.push(item.event)
       continue
     }
@@ -92,7 +94,7 @@ const isolateRejected = Effect.fnUntraced(function* (items: ReadonlyArray<Publis
     } else if (result.failure._tag === "KafkaRejected") {
       out.dead.push({ event: item.event, reason: result.failure.reason, error: result.failure.message, original: item.record })
     } else {
-      blockedKeys.add(item.record.key)
+      out.kafkaUnavailable = true
       failOrExhaust(out, item, result.failure.message, maxAttempts)
     }
   }
@@ -126,6 +128,7 @@ const publishRecords = Effect.fnUntraced(function* (items: ReadonlyArray<Publish
     Effect.annotateLogs({ error: error.message, batch: items.length }),
   )
   const out = emptyAttempt()
+  out.kafkaUnavailable = true
   for (const item of items) failOrExhaust(out, item, error.message, maxAttempts)
   return out
 })
@@ -165,5 +168,6 @@ export const publishBatch = Effect.fn("Relay.publishBatch")(function* (events: R
     failed: [...attempted.failed, ...letters.failed],
     dead: letters.done,
     held: attempted.held,
+    kafkaUnavailable: attempted.kafkaUnavailable || letters.failed.length > 0,
   } satisfies BatchOutcome
 })

@@ -2,11 +2,12 @@
  * The relay, top to bottom: a trigger (poll tick) → claim a batch (repeated at once
  * while batches come back full) → publish → mark. Publish and mark run as one
  * uninterruptible step, so a stop never leaves an acknowledged event unmarked; leases
- * claimed but not yet published are given back when the loop stops.
+ * claimed but not yet published are given back when the loop ends.
  */
-import { Duration, Effect, Layer, Metric, Option, Ref, Stream } from "effect"
+import { Duration, Effect, Fiber, Metric, Option, Ref, Stream } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
+import { Publisher } from "../kafka/publisher.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
 import { requireCurrentSchema } from "../outbox/schema-migrator.ts"
 import { batchSize as batchSizeMetric, leaseTakeovers } from "../telemetry/metrics.ts"
@@ -15,7 +16,9 @@ import { markOutcome } from "./mark-outcome.ts"
 import { publishBatch } from "./publish-batch.ts"
 import { RelayState } from "./relay-state.ts"
 
-const claimBatch = Effect.fn("Relay.claimBatch")(function* (held: Ref.Ref<ReadonlySet<string>>) {
+type Held = Ref.Ref<ReadonlySet<string>>
+
+const claimBatch = Effect.fn("Relay.claimBatch")(function* (held: Held) {
   const store = yield* OutboxStore
   const config = yield* RelayConfig
   // Claiming and recording the lease as held happen together, so a stop in between cannot orphan it.
@@ -33,35 +36,57 @@ const claimBatch = Effect.fn("Relay.claimBatch")(function* (held: Ref.Ref<Readon
   return batch
 })
 
+/** Whether the loop may claim now: not paused, not stopping. */
+const mayClaim = Effect.gen(function* () {
+  const state = yield* RelayState
+  return !(yield* Ref.get(state.paused)) && !(yield* Ref.get(state.stopping))
+})
+
 /** Batches for one trigger: claims again at once while they come back full, so a backlog drains without sleeping. */
-const claimUntilDrained = (held: Ref.Ref<ReadonlySet<string>>) =>
+const claimUntilDrained = (held: Held) =>
   Stream.paginate(undefined, () =>
     Effect.gen(function* () {
       const config = yield* RelayConfig
       const batch = yield* claimBatch(held)
-      return [batch.length > 0 ? [batch] : [], batch.length >= config.batchSize ? Option.some(undefined) : Option.none()] as const
+      const more = batch.length >= config.batchSize && (yield* mayClaim)
+      return [batch.length > 0 ? [batch] : [], more ? Option.some(undefined) : Option.none()] as const
     }),
   )
 
-const publishAndMark = (held: Ref.Ref<ReadonlySet<string>>) => (batch: ReadonlyArray<ClaimedEvent>) =>
-  publishBatch(batch).pipe(
-    Effect.flatMap(markOutcome),
-    Effect.ensuring(
-      Ref.update(held, (ids) => {
-        const rest = new Set(ids)
-        for (const e of batch) rest.delete(e.id)
-        return rest
-      }),
-    ),
-    Effect.tap((s) =>
-      Effect.logInfo("batch relayed").pipe(
-        Effect.annotateLogs({ claimed: batch.length, sent: s.sent, failed: s.failed, dead: s.dead, held: s.held, lost: s.lost }),
+/**
+ * After a batch found Kafka unreachable, claim nothing until a broker answers again: the
+ * rows just failed wait for their retry time, and no other row burns an attempt on an outage.
+ */
+const waitForKafka = Effect.gen(function* () {
+  const state = yield* RelayState
+  const publisher = yield* Publisher
+  yield* Ref.set(state.kafkaReachable, false)
+  yield* Effect.logWarning("Kafka unreachable; claiming paused until a broker answers")
+  yield* publisher.checkReachable.pipe(Effect.retry(backoffSchedule({ baseMs: 250, maxMs: 10_000 })))
+  yield* Ref.set(state.kafkaReachable, true)
+  yield* Effect.logInfo("Kafka reachable again; claiming resumes")
+})
+
+const publishAndMark = (held: Held) => (batch: ReadonlyArray<ClaimedEvent>) =>
+  Effect.gen(function* () {
+    const outcome = yield* publishBatch(batch)
+    const summary = yield* markOutcome(outcome).pipe(
+      Effect.ensuring(
+        Ref.update(held, (ids) => {
+          const rest = new Set(ids)
+          for (const e of batch) rest.delete(e.id)
+          return rest
+        }),
       ),
-    ),
+    )
+    yield* Effect.logInfo("batch relayed").pipe(Effect.annotateLogs({ claimed: batch.length, ...summary }))
+    return outcome.kafkaUnavailable
+  }).pipe(
     Effect.uninterruptible,
+    Effect.flatMap((kafkaDown) => (kafkaDown ? waitForKafka : Effect.void)),
   )
 
-/** One run of the pipeline; ends only with a database error (the caller backs off and runs it again). */
+/** One run of the pipeline; ends when stopping, or fails with a database error. */
 const pipeline = Effect.gen(function* () {
   const config = yield* RelayConfig
   const state = yield* RelayState
@@ -69,7 +94,8 @@ const pipeline = Effect.gen(function* () {
   const held = yield* Ref.make<ReadonlySet<string>>(new Set())
   const triggers = Stream.tick(Duration.millis(config.pollIntervalMs))
   yield* triggers.pipe(
-    Stream.filterEffect(() => Effect.map(Ref.get(state.paused), (paused) => !paused)),
+    Stream.takeUntilEffect(() => Ref.get(state.stopping)),
+    Stream.filterEffect(() => mayClaim),
     Stream.flatMap(() => claimUntilDrained(held).pipe(Stream.onEnd(Ref.set(state.lastCycleAt, Date.now())))),
     Stream.mapEffect(publishAndMark(held)),
     Stream.runDrain,
@@ -96,7 +122,29 @@ export const runRelay = Effect.gen(function* () {
     ),
     Effect.retry({ schedule: backoffSchedule({ baseMs: 200, maxMs: 5_000 }), while: (e) => e._tag === "DatabaseError" }),
   )
+  yield* Effect.logInfo("relay stopped")
 })
 
-/** The relay as a layer: the loop runs in the background for the layer's lifetime. */
-export const RelayLive = Layer.effectDiscard(Effect.forkScoped(runRelay))
+/**
+ * Runs the relay until interrupted (SIGTERM/SIGINT), then stops gracefully: no new
+ * claims, the batch in flight gets SHUTDOWN_GRACE_MS to finish, unpublished leases are
+ * released, and only then is the loop cut off.
+ */
+export const runRelayUntilStopped = Effect.gen(function* () {
+  const state = yield* RelayState
+  const config = yield* RelayConfig
+  const relay = yield* Effect.forkDetach(runRelay)
+  yield* Fiber.join(relay).pipe(
+    Effect.onInterrupt(() =>
+      Effect.gen(function* () {
+        yield* Effect.logInfo("stopping: no new claims, finishing the batch in flight")
+        yield* Ref.set(state.stopping, true)
+        const finished = yield* Fiber.await(relay).pipe(Effect.timeout(Duration.millis(config.shutdownGraceMs)), Effect.option)
+        if (Option.isNone(finished)) {
+          yield* Effect.logWarning("grace period over; stopping the relay now")
+          yield* Fiber.interrupt(relay)
+        }
+      }),
+    ),
+  )
+})

@@ -1,4 +1,5 @@
 import * as m0001 from "./0001_outbox_event.ts"
+import * as m0002 from "./0002_replay_audit.ts"
 
 export interface Migration {
   readonly version: number
@@ -7,6 +8,9 @@ export interface Migration {
 }
 
 /** Append only: a released migration is never edited, a change is a new file. */
-export const migrations: ReadonlyArray<Migration> = [{ version: 1, name: "outbox_event", statements: m0001.statements }]
+export const migrations: ReadonlyArray<Migration> = [
+  { version: 1, name: "outbox_event", statements: m0001.statements },
+  { version: 2, name: "replay_audit", statements: m0002.statements },
+]
 
 export const LATEST_SCHEMA_VERSION = migrations[migrations.length - 1]!.version
