@@ -181,7 +181,7 @@ export class RelayConfig extends Context.Service<RelayConfig, RelayConfigShape>(
   static readonly layer = Layer.suspend(() => RelayConfig.fromEnv(process.env))
 }
 
-/** Only the variables that need a connection string; used by commands that touch nothing else. */
+/** Every setting as documentation sees it: the README table and its test read this. */
 export const describeSettings = (): ReadonlyArray<{
   name: string
   description: string
