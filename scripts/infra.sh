@@ -96,6 +96,14 @@ up_kafka() {
     log "kafka: using KAFKA_BROKERS from the environment ($(elapsed "$t0"))"
   else
     local port=${KAFKA_PORT:-9092}
+    if [[ -z ${KAFKA_PORT:-} ]]; then
+      if [[ -f $STATE/kafka.started ]] && "$SCRIPTS/kafka.sh" status --dir "$STATE/kafka" >/dev/null 2>&1; then
+        port=$(<"$STATE/kafka.started")   # ours, from an earlier `up`
+      else
+        # 9092 (or its controller port) taken by someone else's server: use the next free pair.
+        while tcp_ok 127.0.0.1 "$port" || tcp_ok 127.0.0.1 "$((port + 1))"; do port=$((port + 100)); done
+      fi
+    fi
     local cport=${KAFKA_CONTROLLER_PORT:-$((port + 1))}
     # A no-op ("already running") when a previous `up` started it on the same port.
     "$SCRIPTS/kafka.sh" start --dir "$STATE/kafka" --port "$port" --controller-port "$cport"
