@@ -17,9 +17,10 @@ export class KafkaClient extends Context.Service<KafkaClient, InstanceType<typeo
       const log = (entry: LogEntry) => {
         const { message, ...extra } = entry.log
         if (SUPPRESSED.some((s) => message.startsWith(s))) return
-        // kafkajs reports every failed connection as an error; whether that matters is the
-        // relay's call (it retries), so kafkajs' own lines are warnings at most.
-        const effect = entry.level <= KafkaLogLevel.WARN ? Effect.logWarning(message) : Effect.logDebug(message)
+        // kafkajs reports every failed connection as an error and every retried broker reply as
+        // a warning; whether that matters is the relay's call (it retries and logs the outcome),
+        // so kafkajs' errors are warnings here and its warnings are debug lines.
+        const effect = entry.level <= KafkaLogLevel.ERROR ? Effect.logWarning(message) : Effect.logDebug(message)
         Effect.runForkWith(context)(
           effect.pipe(Effect.annotateLogs({ ...extra, source: entry.namespace ? `kafkajs.${entry.namespace}` : "kafkajs" })),
         )
