@@ -1,0 +1,116 @@
+/**
+ * `npm run bench`: the relay against its own ceilings on this machine. Prints a table and
+ * writes bench/results/<date>.json. `--smoke` runs tiny sizes (CI), `--full` the large ones.
+ */
+import { execFileSync } from "node:child_process"
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+import { cpus, totalmem } from "node:os"
+import { Effect } from "effect"
+import { kafkaCeiling, postgresCeiling } from "./scenarios/ceilings.ts"
+import { type DrainResult, drain } from "./scenarios/drain.ts"
+import { type SteadyResult, steadyRate } from "./scenarios/steady-rate.ts"
+import { dropScenario, freshScenario, infrastructure } from "./support/bench-env.ts"
+import { seedRows } from "./support/seed.ts"
+
+const args = new Set(process.argv.slice(2))
+const mode = args.has("--smoke") ? "smoke" : args.has("--full") ? "full" : "default"
+const sizes = {
+  smoke: { ceiling: 5_000, drain: 5_000, history: 20_000, steadySeconds: 3, rates: [1_000], perTx: [10] },
+  default: { ceiling: 100_000, drain: 100_000, history: 1_000_000, steadySeconds: 15, rates: [1_000, 5_000, 10_000, 20_000], perTx: [1, 10] },
+  full: { ceiling: 200_000, drain: 1_000_000, history: 5_000_000, steadySeconds: 30, rates: [1_000, 5_000, 10_000, 20_000], perTx: [1, 10] },
+}[mode]
+const PARTITIONS = 6
+
+const log = (s: string) => process.stderr.write(`bench: ${s}\n`)
+const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
+
+const scenario = <A>(f: (env: Effect.Success<ReturnType<typeof freshScenario>>) => Effect.Effect<A, unknown>) =>
+  Effect.acquireUseRelease(freshScenario(infrastructure(), PARTITIONS), f, dropScenario)
+
+const program = Effect.gen(function* () {
+  log(`mode ${mode}; sizes ${JSON.stringify(sizes)}`)
+  const kafka = yield* scenario((env) => kafkaCeiling(env, sizes.ceiling))
+  log(`kafka ceiling ${fmt(kafka)} ev/s`)
+  const postgres = yield* scenario((env) => postgresCeiling(env, sizes.ceiling))
+  log(`postgres ceiling ${fmt(postgres)} ev/s`)
+  const ceiling = Math.min(kafka, postgres)
+
+  const drains: Array<DrainResult & { ratioToCeiling: number; label: string }> = []
+  for (const instances of [1, 2]) {
+    const r = yield* scenario((env) => drain(env, { events: sizes.drain, instances }))
+    drains.push({ ...r, ratioToCeiling: r.eventsPerSecond / ceiling, label: `drain ${fmt(sizes.drain)}, ${instances} instance(s)` })
+    log(`${drains.at(-1)!.label}: ${fmt(r.eventsPerSecond)} ev/s`)
+  }
+  const history = yield* scenario((env) =>
+    Effect.gen(function* () {
+      yield* seedRows(env.databaseUrl, { count: sizes.history, status: "SENT", keys: 1000, prefix: "history" })
+      return yield* drain(env, { events: sizes.drain, instances: 1 })
+    }),
+  )
+  const historyCost = 1 - history.eventsPerSecond / drains[0]!.eventsPerSecond
+  log(`drain with ${fmt(sizes.history)} SENT rows: ${fmt(history.eventsPerSecond)} ev/s (${fmt(historyCost * 100, 1)} % slower)`)
+
+  const steady: Array<SteadyResult> = []
+  for (const perTx of sizes.perTx) {
+    for (const rate of sizes.rates) {
+      for (const notify of [true, false]) {
+        const r = yield* scenario((env) => steadyRate(env, { rate, perTx, seconds: sizes.steadySeconds, notify }))
+        steady.push(r)
+        log(`steady ${fmt(rate)}/s, ${perTx}/tx, notify ${notify}: kept ${fmt(r.keptPerSecond)}/s, p50 ${fmt(r.p50Ms, 1)} p99 ${fmt(r.p99Ms, 1)} ms`)
+      }
+    }
+  }
+  return { kafka, postgres, ceiling, drains, history, historyCost, steady }
+})
+
+const versions = () => {
+  const pkg = (name: string) => (JSON.parse(readFileSync(new URL(`../node_modules/${name}/package.json`, import.meta.url), "utf8")) as { version: string }).version
+  const java = (() => {
+    try {
+      return execFileSync("java", ["-version"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim() || "?"
+    } catch (e) {
+      return String((e as { stderr?: string }).stderr ?? "?").split("\n")[0]
+    }
+  })()
+  return { node: process.version, effect: pkg("effect"), kafkajs: pkg("kafkajs"), kafka: "3.9.2", java }
+}
+
+const r = await Effect.runPromise(program)
+const date = new Date().toISOString()
+const result = {
+  date,
+  mode,
+  machine: { cpu: cpus()[0]?.model ?? "?", cores: cpus().length, memoryGb: Math.round(totalmem() / 2 ** 30) },
+  versions: versions(),
+  settings: { batchSize: 500, pollIntervalMs: 500, partitions: PARTITIONS, payloadBytes: 200, sizes },
+  ceilings: { kafka_events_per_s: r.kafka, postgres_events_per_s: r.postgres },
+  drain_events_per_s: r.drains[0]!.eventsPerSecond,
+  ratio_to_ceiling: r.drains[0]!.ratioToCeiling,
+  drains: r.drains,
+  history: { sent_rows: sizes.history, drain_events_per_s: r.history.eventsPerSecond, cost_ratio: r.historyCost },
+  steady: r.steady,
+}
+mkdirSync(new URL("./results/", import.meta.url), { recursive: true })
+const file = new URL(`./results/${date.slice(0, 19).replaceAll(":", "-")}${mode === "default" ? "" : `-${mode}`}.json`, import.meta.url)
+writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`)
+
+const rows: Array<[string, string, string]> = [
+  ["Kafka alone (ceiling)", `${fmt(r.kafka)} ev/s`, ""],
+  ["PostgreSQL claim+mark alone (ceiling)", `${fmt(r.postgres)} ev/s`, ""],
+  ...r.drains.map((d): [string, string, string] => [
+    d.label,
+    `${fmt(d.eventsPerSecond)} ev/s`,
+    `${fmt(d.ratioToCeiling, 2)} × ceiling; ${fmt(d.cpuMicrosPerEvent, 1)} µs CPU/event; RSS ${fmt(d.peakRssMb)} MB`,
+  ]),
+  [`drain with ${fmt(sizes.history)} SENT rows`, `${fmt(r.history.eventsPerSecond)} ev/s`, `${fmt(r.historyCost * 100, 1)} % slower than empty`],
+  ...r.steady.map((s): [string, string, string] => [
+    `steady ${fmt(s.rate)}/s, ${s.perTx}/tx, NOTIFY ${s.notify ? "on" : "off"}`,
+    `${fmt(s.keptPerSecond)} ev/s kept`,
+    `p50 ${fmt(s.p50Ms, 1)} / p95 ${fmt(s.p95Ms, 1)} / p99 ${fmt(s.p99Ms, 1)} ms; backlog at end ${fmt(s.backlogAtEnd)}`,
+  ]),
+]
+const w0 = Math.max(...rows.map((x) => x[0].length))
+const w1 = Math.max(...rows.map((x) => x[1].length))
+process.stdout.write(`\noutbox-relay bench (${mode}) — ${result.machine.cpu}, ${result.machine.cores} cores\n\n`)
+for (const [a, b, c] of rows) process.stdout.write(`${a.padEnd(w0)}  ${b.padStart(w1)}  ${c}\n`)
+process.stdout.write(`\nwritten to ${file.pathname}\n`)

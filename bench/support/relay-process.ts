@@ -1,0 +1,67 @@
+/** A relay as users run it (`bin/outbox-relay run` in its own process), with its CPU time and peak memory read from /proc. */
+import { type ChildProcess, spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
+import { fileURLToPath } from "node:url"
+import { Effect } from "effect"
+
+const BIN = fileURLToPath(new URL("../../bin/outbox-relay", import.meta.url))
+const CLOCK_TICKS_PER_S = 100
+
+export interface RelayProcess {
+  readonly child: ChildProcess
+  /** Epoch ms at which the relay logged "relay started". */
+  readonly startedAt: number
+}
+
+export interface ProcessCost {
+  readonly cpuSeconds: number
+  readonly peakRssMb: number
+}
+
+/** utime + stime and VmHWM of a live process. */
+export const processCost = (pid: number): ProcessCost => {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  const ticks = Number(fields[11]) + Number(fields[12])
+  const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
+  return { cpuSeconds: ticks / CLOCK_TICKS_PER_S, peakRssMb: Number(hwm?.[1] ?? 0) / 1024 }
+}
+
+export const startRelay = (env: Record<string, string>) =>
+  Effect.acquireRelease(
+    Effect.callback<RelayProcess, Error>((resume) => {
+      const child = spawn(BIN, ["run"], {
+        env: { PATH: process.env.PATH ?? "", LOG_FORMAT: "json", LOG_LEVEL: "info", HTTP_PORT: "0", ...env },
+        stdio: ["ignore", "pipe", "pipe"],
+      })
+      let buffered = ""
+      let errors = ""
+      const timer = setTimeout(() => resume(Effect.fail(new Error(`relay did not start within 30 s:\n${errors}`))), 30_000)
+      child.stderr?.on("data", (d: Buffer) => {
+        errors = (errors + d.toString()).slice(-4000)
+      })
+      child.stdout?.on("data", (d: Buffer) => {
+        buffered += d.toString()
+        for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+          const line = buffered.slice(0, nl)
+          buffered = buffered.slice(nl + 1)
+          if (line.includes('"relay started"')) {
+            clearTimeout(timer)
+            resume(Effect.succeed({ child, startedAt: Date.parse((JSON.parse(line) as { timestamp: string }).timestamp) }))
+          } else if (line.includes('"level":"error"')) {
+            errors = (errors + line).slice(-4000)
+          }
+        }
+      })
+      child.on("exit", (code) => {
+        clearTimeout(timer)
+        resume(Effect.fail(new Error(`relay exited with ${code}:\n${errors}`)))
+      })
+    }),
+    ({ child }) =>
+      Effect.callback<void>((resume) => {
+        if (child.exitCode !== null) return resume(Effect.void)
+        child.once("exit", () => resume(Effect.void))
+        child.kill("SIGTERM")
+      }),
+  )
