@@ -16,8 +16,22 @@ const args = new Set(process.argv.slice(2))
 const mode = args.has("--smoke") ? "smoke" : args.has("--full") ? "full" : "default"
 const sizes = {
   smoke: { ceiling: 5_000, drain: 5_000, history: 20_000, steadySeconds: 3, rates: [1_000], perTx: [10] },
-  default: { ceiling: 100_000, drain: 100_000, history: 1_000_000, steadySeconds: 15, rates: [1_000, 5_000, 10_000, 20_000], perTx: [1, 10] },
-  full: { ceiling: 200_000, drain: 1_000_000, history: 5_000_000, steadySeconds: 30, rates: [1_000, 5_000, 10_000, 20_000], perTx: [1, 10] },
+  default: {
+    ceiling: 100_000,
+    drain: 100_000,
+    history: 1_000_000,
+    steadySeconds: 15,
+    rates: [1_000, 5_000, 10_000, 20_000],
+    perTx: [1, 10],
+  },
+  full: {
+    ceiling: 200_000,
+    drain: 1_000_000,
+    history: 5_000_000,
+    steadySeconds: 30,
+    rates: [1_000, 5_000, 10_000, 20_000],
+    perTx: [1, 10],
+  },
 }[mode]
 const PARTITIONS = 6
 
@@ -56,7 +70,9 @@ const program = Effect.gen(function* () {
       for (const notify of [true, false]) {
         const r = yield* scenario((env) => steadyRate(env, { rate, perTx, seconds: sizes.steadySeconds, notify }))
         steady.push(r)
-        log(`steady ${fmt(rate)}/s, ${perTx}/tx, notify ${notify}: kept ${fmt(r.keptPerSecond)}/s, p50 ${fmt(r.p50Ms, 1)} p99 ${fmt(r.p99Ms, 1)} ms`)
+        log(
+          `steady ${fmt(rate)}/s, ${perTx}/tx, notify ${notify}: kept ${fmt(r.keptPerSecond)}/s, p50 ${fmt(r.p50Ms, 1)} p99 ${fmt(r.p99Ms, 1)} ms`,
+        )
       }
     }
   }
@@ -64,7 +80,8 @@ const program = Effect.gen(function* () {
 })
 
 const versions = () => {
-  const pkg = (name: string) => (JSON.parse(readFileSync(new URL(`../node_modules/${name}/package.json`, import.meta.url), "utf8")) as { version: string }).version
+  const pkg = (name: string) =>
+    (JSON.parse(readFileSync(new URL(`../node_modules/${name}/package.json`, import.meta.url), "utf8")) as { version: string }).version
   const java = (() => {
     try {
       return execFileSync("java", ["-version"], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim() || "?"
@@ -102,7 +119,11 @@ const rows: Array<[string, string, string]> = [
     `${fmt(d.eventsPerSecond)} ev/s`,
     `${fmt(d.ratioToCeiling, 2)} × ceiling; ${fmt(d.cpuMicrosPerEvent, 1)} µs CPU/event; RSS ${fmt(d.peakRssMb)} MB`,
   ]),
-  [`drain with ${fmt(sizes.history)} SENT rows`, `${fmt(r.history.eventsPerSecond)} ev/s`, `${fmt(r.historyCost * 100, 1)} % slower than empty`],
+  [
+    `drain with ${fmt(sizes.history)} SENT rows`,
+    `${fmt(r.history.eventsPerSecond)} ev/s`,
+    `${fmt(r.historyCost * 100, 1)} % slower than empty`,
+  ],
   ...r.steady.map((s): [string, string, string] => [
     `steady ${fmt(s.rate)}/s, ${s.perTx}/tx, NOTIFY ${s.notify ? "on" : "off"}`,
     `${fmt(s.keptPerSecond)} ev/s kept`,

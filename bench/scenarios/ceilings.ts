@@ -58,7 +58,10 @@ export const postgresCeiling = (env: BenchEnv, count: number) =>
     const config = Result.getOrThrow(parseConfig({ DATABASE_URL: env.databaseUrl, KAFKA_BROKERS: env.brokers, LOG_LEVEL: "warn" }))
     const store = yield* Effect.map(
       Layer.build(
-        OutboxStore.layer.pipe(Layer.provide(Layer.mergeAll(DatabaseLive, InstanceId.layer)), Layer.provide(Layer.succeed(RelayConfig, config))),
+        OutboxStore.layer.pipe(
+          Layer.provide(Layer.mergeAll(DatabaseLive, InstanceId.layer)),
+          Layer.provide(Layer.succeed(RelayConfig, config)),
+        ),
       ),
       (ctx) => Context.get(ctx, OutboxStore),
     )

@@ -30,7 +30,8 @@ export interface SteadyResult {
   readonly maxMs: number
 }
 
-const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN
+const percentile = (sorted: ReadonlyArray<number>, p: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN
 
 /** A consumer that is joined and positioned at the end before the writer starts. */
 const startConsumer = (env: BenchEnv) =>
@@ -63,10 +64,17 @@ const runWriter = (env: BenchEnv, o: { rate: number; perTx: number; seconds: num
       process.execPath,
       [WRITER],
       {
-        env: { PATH: process.env.PATH ?? "", DATABASE_URL: env.databaseUrl, RATE: String(o.rate), PER_TX: String(o.perTx), SECONDS: String(o.seconds) },
+        env: {
+          PATH: process.env.PATH ?? "",
+          DATABASE_URL: env.databaseUrl,
+          RATE: String(o.rate),
+          PER_TX: String(o.perTx),
+          SECONDS: String(o.seconds),
+        },
         maxBuffer: 1 << 30,
       },
-      (error, stdout, stderr) => (error ? resume(Effect.fail(new Error(`writer failed: ${stderr}`))) : resume(Effect.succeed(JSON.parse(stdout)))),
+      (error, stdout, stderr) =>
+        error ? resume(Effect.fail(new Error(`writer failed: ${stderr}`))) : resume(Effect.succeed(JSON.parse(stdout))),
     )
   })
 

@@ -30,7 +30,8 @@ const readEnv = (out: string) => {
 
 /** DATABASE_URL/KAFKA_BROKERS from the environment, else from scripts/infra.sh (started if needed). */
 export const infrastructure = (): { databaseUrl: string; brokers: string } => {
-  if (process.env.DATABASE_URL && process.env.KAFKA_BROKERS) return { databaseUrl: process.env.DATABASE_URL, brokers: process.env.KAFKA_BROKERS }
+  if (process.env.DATABASE_URL && process.env.KAFKA_BROKERS)
+    return { databaseUrl: process.env.DATABASE_URL, brokers: process.env.KAFKA_BROKERS }
   let out: string
   try {
     out = execFileSync("bash", [INFRA, "env"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] })
@@ -65,9 +66,10 @@ export const freshScenario = (base: { databaseUrl: string; brokers: string }, pa
     const topicMap = Object.fromEntries(DEFAULT_EVENT_TYPES.map((t) => [t, `bench-${run}-${t}`]))
     const dlqTopic = `bench-${run}-dlq`
     yield* ensureTopics(base.brokers.split(","), [...Object.values(topicMap), dlqTopic], partitions)
-    return { databaseUrl, adminUrl: base.databaseUrl, brokers: base.brokers, topicMap, dlqTopic, name } satisfies BenchEnv & { name: string }
+    return { databaseUrl, adminUrl: base.databaseUrl, brokers: base.brokers, topicMap, dlqTopic, name } satisfies BenchEnv & {
+      name: string
+    }
   })
 
 export const dropScenario = (env: BenchEnv & { name: string }) =>
   withSql(env.adminUrl, (sql) => sql.unsafe(`DROP DATABASE IF EXISTS ${env.name} WITH (FORCE)`)).pipe(Effect.ignore)
-

@@ -2,7 +2,11 @@ import { PgClient } from "@effect/sql-pg"
 import { Layer, type Redacted } from "effect"
 import { RelayConfig } from "../config/config.ts"
 
-export const pgClientLayer = (url: Redacted.Redacted<string>, maxConnections: number, startupParameters: Readonly<Record<string, string>> = {}) =>
+export const pgClientLayer = (
+  url: Redacted.Redacted<string>,
+  maxConnections: number,
+  startupParameters: Readonly<Record<string, string>> = {},
+) =>
   PgClient.layer({
     url,
     maxConnections,
