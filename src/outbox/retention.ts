@@ -1,0 +1,52 @@
+/**
+ * Deletes SENT rows older than RETENTION in small batches, so the table and its indexes
+ * level off instead of growing forever. Small batches keep each transaction short (no long
+ * lock, no burst of WAL), and SKIP LOCKED lets several instances clean side by side.
+ */
+import { Duration, Effect, Schedule } from "effect"
+import { SqlClient } from "effect/sql"
+import { RelayConfig } from "../config/config.ts"
+import { toDatabaseError } from "./sql-error.ts"
+
+const BATCH = 5_000
+const EVERY = Duration.minutes(1)
+
+/** One pass: deletes until fewer than a full batch is left; returns how many rows went. */
+export const deleteExpiredSent = Effect.fn("Retention.deleteExpiredSent")(function* (retentionMs: number) {
+  const sql = yield* SqlClient.SqlClient
+  let total = 0
+  for (;;) {
+    // Oldest ids first: expired rows sit at the low end of the primary key, so the scan stops early.
+    const deleted = yield* sql`
+      WITH expired AS (
+        SELECT id FROM outbox_event
+         WHERE status = 'SENT' AND sent_at < now() - make_interval(secs => ${retentionMs / 1000})
+         ORDER BY id
+         LIMIT ${BATCH}
+         FOR UPDATE SKIP LOCKED
+      )
+      DELETE FROM outbox_event o USING expired WHERE o.id = expired.id
+      RETURNING 1`.pipe(
+      Effect.map((rows) => rows.length),
+      Effect.mapError(toDatabaseError("retention")),
+    )
+    total += deleted
+    if (deleted < BATCH) return total
+    yield* Effect.sleep("50 millis")
+  }
+})
+
+/** The background loop: a pass a minute, failures logged and retried at the next pass. */
+export const retentionLoop = Effect.gen(function* () {
+  const config = yield* RelayConfig
+  if (config.retention === 0) return yield* Effect.logInfo("retention off (RETENTION=0): SENT rows are kept")
+  yield* deleteExpiredSent(config.retention).pipe(
+    Effect.tap((n) =>
+      n > 0 ? Effect.logInfo("retention deleted expired SENT rows").pipe(Effect.annotateLogs({ count: n })) : Effect.void,
+    ),
+    Effect.catch((e) =>
+      Effect.logWarning("retention pass failed; trying again at the next").pipe(Effect.annotateLogs({ error: e.message })),
+    ),
+    Effect.repeat(Schedule.spaced(EVERY)),
+  )
+})
