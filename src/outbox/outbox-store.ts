@@ -8,6 +8,8 @@ import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import type { DatabaseError, DeadReason } from "../domain/errors.ts"
 import type { ClaimedEvent, Delivery, EventStatus, NewEvent } from "../domain/outbox-event.ts"
+import type { OutboxRow } from "../writer/event-input.ts"
+import { INSERT_OUTBOX_EVENTS, type InsertedRow, insertParameters } from "../writer/outbox-insert.ts"
 import { InstanceId } from "./instance-id.ts"
 import { toDatabaseError } from "./sql-error.ts"
 
@@ -198,16 +200,12 @@ export class OutboxStore extends Context.Service<
               Effect.mapError(toDatabaseError("release")),
             )
 
+      // The writer's own statement (one jsonb parameter, JSON null payloads kept), without its
+      // validation: callers here are the relay's tools and tests, which pass well-formed events.
       const append = (events: ReadonlyArray<NewEvent>) =>
         events.length === 0
           ? Effect.succeed({ inserted: [], duplicates: 0 })
-          : sql<{ id: string }>`
-              INSERT INTO outbox_event (dedup_key, event_type, aggregate_key, payload, headers, request_id, traceparent)
-              SELECT dedup_key, event_type, aggregate_key, payload, coalesce(headers, '{}'::jsonb), request_id, traceparent
-                FROM jsonb_to_recordset(${JSON.stringify(events.map(toInsertRow))}::jsonb)
-                  AS e(dedup_key text, event_type text, aggregate_key text, payload jsonb, headers jsonb, request_id text, traceparent text)
-              ON CONFLICT (dedup_key) DO NOTHING
-              RETURNING id::text AS id`.pipe(
+          : sql.unsafe<InsertedRow>(INSERT_OUTBOX_EVENTS, insertParameters(events.map(toOutboxRow))).pipe(
               Effect.map((rows) => ({ inserted: rows.map((r) => r.id), duplicates: events.length - rows.length })),
               Effect.mapError(toDatabaseError("append")),
             )
@@ -227,12 +225,11 @@ export class OutboxStore extends Context.Service<
   )
 }
 
-// One jsonb parameter for the whole batch: column arrays of only nulls cannot be typed by the driver.
-const toInsertRow = (e: NewEvent) => ({
+const toOutboxRow = (e: NewEvent): OutboxRow => ({
   dedup_key: e.dedupKey,
   event_type: e.eventType,
   aggregate_key: e.aggregateKey ?? null,
-  payload: e.payload ?? null,
+  payload: (e.payload ?? null) as OutboxRow["payload"],
   headers: e.headers ?? {},
   request_id: e.requestId ?? null,
   traceparent: e.traceparent ?? null,

@@ -1,0 +1,57 @@
+/** What the consumer did, as Effect metrics (per consumer group) and as a snapshot for tests and status pages. */
+import { Effect, Metric, Ref } from "effect"
+
+export const consumerProcessed = Metric.counter("outbox_consumer_processed_total", {
+  description: "Messages whose handler transaction committed",
+  incremental: true,
+})
+export const consumerDuplicates = Metric.counter("outbox_consumer_duplicates_total", {
+  description: "Messages skipped because their dedup key was already in the inbox",
+  incremental: true,
+})
+export const consumerDeadLetters = Metric.counter("outbox_consumer_dead_letters_total", {
+  description: "Messages published to the consumer's dead-letter topic",
+  incremental: true,
+})
+export const consumerHandlerFailures = Metric.counter("outbox_consumer_handler_failures_total", {
+  description: "Handler attempts that failed (each is retried until the retry budget is spent)",
+  incremental: true,
+})
+export const consumerInboxExpired = Metric.counter("outbox_consumer_inbox_expired_total", {
+  description: "Inbox keys deleted after the retention",
+  incremental: true,
+})
+
+export interface ConsumerStats {
+  readonly processed: number
+  readonly duplicates: number
+  readonly deadLettered: number
+  readonly handlerFailures: number
+  readonly inboxExpired: number
+}
+
+export type StatName = keyof ConsumerStats
+
+const METRICS: Readonly<Record<StatName, Metric.Counter<number>>> = {
+  processed: consumerProcessed,
+  duplicates: consumerDuplicates,
+  deadLettered: consumerDeadLetters,
+  handlerFailures: consumerHandlerFailures,
+  inboxExpired: consumerInboxExpired,
+}
+
+export const emptyStats: ConsumerStats = { processed: 0, duplicates: 0, deadLettered: 0, handlerFailures: 0, inboxExpired: 0 }
+
+/** Counts into the instance's snapshot and the group's metric at once. */
+export const makeStatsRecorder = (consumerGroup: string) =>
+  Effect.gen(function* () {
+    const ref = yield* Ref.make(emptyStats)
+    const metrics = Object.fromEntries(
+      Object.entries(METRICS).map(([name, metric]) => [name, Metric.withAttributes(metric, { consumer_group: consumerGroup })]),
+    ) as Record<StatName, Metric.Counter<number>>
+    const record = (name: StatName, n = 1) =>
+      n === 0 ? Effect.void : Ref.update(ref, (s) => ({ ...s, [name]: s[name] + n })).pipe(Effect.andThen(Metric.update(metrics[name], n)))
+    return { record, snapshot: Ref.get(ref) }
+  })
+
+export type StatsRecorder = Effect.Success<ReturnType<typeof makeStatsRecorder>>

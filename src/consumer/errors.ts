@@ -1,0 +1,37 @@
+/** The consumer's failures as tagged classes; the tag decides retry, dead letter, or stop. */
+import { Schema } from "effect"
+
+/** The user's handler failed (or died); retried with backoff, then dead-lettered. */
+export class HandlerFailed extends Schema.TaggedError<HandlerFailed>()("HandlerFailed", {
+  message: Schema.String,
+  cause: Schema.Defect(),
+}) {}
+
+/** A message no retry can help: no usable dedup key, or a value its payload schema rejects. Dead-lettered at once. */
+export class UnprocessableMessage extends Schema.TaggedError<UnprocessableMessage>()("UnprocessableMessage", {
+  reason: Schema.Literals(["missing_dedup_key", "invalid_dedup_key", "invalid_payload"]),
+  message: Schema.String,
+}) {}
+
+/** Kafka refused or could not be reached (connect, subscribe, dead-letter publish, or the consumer crashed). */
+export class ConsumerKafkaError extends Schema.TaggedError<ConsumerKafkaError>()("ConsumerKafkaError", {
+  operation: Schema.String,
+  message: Schema.String,
+  cause: Schema.Defect(),
+}) {}
+
+/** The inbox table is missing from the consumer's database. */
+export class InboxTableMissing extends Schema.TaggedError<InboxTableMissing>()("InboxTableMissing", {}) {
+  override get message(): string {
+    return "The consumer_inbox table does not exist: apply INBOX_TABLE_DDL (or run ensureInboxTable) in the consumer's database first."
+  }
+}
+
+/** The consumer was configured with values it cannot run with. */
+export class InvalidConsumerOptions extends Schema.TaggedError<InvalidConsumerOptions>()("InvalidConsumerOptions", {
+  problems: Schema.Array(Schema.String),
+}) {
+  override get message(): string {
+    return `Invalid consumer options: ${this.problems.join("; ")}`
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * The inbox: one row per (consumer group, dedup_key) whose handler transaction committed.
+ * It lives in the consumer's own database, next to the data the handler changes, so the
+ * row and the change commit together: that is what makes a redelivery detectable.
+ */
+import { Effect } from "effect"
+import { SqlClient, type SqlError } from "effect/sql"
+
+/** The DDL, for users who apply schema with their own migration tool. Idempotent. */
+export const INBOX_TABLE_DDL: ReadonlyArray<string> = [
+  `CREATE TABLE IF NOT EXISTS consumer_inbox (
+    consumer_group  text        NOT NULL,
+    dedup_key       text        NOT NULL,
+    event_id        text,
+    topic           text        NOT NULL,
+    kafka_partition integer     NOT NULL,
+    kafka_offset    bigint      NOT NULL,
+    processed_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, dedup_key)
+  )`,
+  // The cleanup walks each group's oldest keys; without this it would scan the table.
+  `CREATE INDEX IF NOT EXISTS consumer_inbox_expiry_idx ON consumer_inbox (consumer_group, processed_at)`,
+]
+
+/** Creates the inbox table and its index when missing (safe to run on every start). */
+export const ensureInboxTable: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  for (const statement of INBOX_TABLE_DDL) yield* sql.unsafe(statement)
+})
+
+export const inboxTableExists: Effect.Effect<boolean, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  const [row] = yield* sql<{ present: boolean }>`SELECT to_regclass('consumer_inbox') IS NOT NULL AS present`
+  return row?.present === true
+})
+
+export interface InboxEntry {
+  readonly consumerGroup: string
+  readonly dedupKey: string
+  readonly eventId: string | null
+  readonly topic: string
+  readonly partition: number
+  readonly offset: string
+}
+
+/**
+ * Records the key inside the caller's transaction. false: the key was there already, so
+ * this message's effects were committed before (a redelivery) and the handler must not
+ * run. A concurrent transaction inserting the same key makes this one wait for its
+ * outcome, so two consumers can never both apply one event.
+ */
+export const recordInInbox = (entry: InboxEntry): Effect.Effect<boolean, SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const rows = yield* sql<{ inserted: number }>`
+      INSERT INTO consumer_inbox (consumer_group, dedup_key, event_id, topic, kafka_partition, kafka_offset)
+      VALUES (${entry.consumerGroup}, ${entry.dedupKey}, ${entry.eventId}, ${entry.topic}, ${entry.partition}, ${entry.offset}::bigint)
+      ON CONFLICT (consumer_group, dedup_key) DO NOTHING
+      RETURNING 1 AS inserted`
+    return rows.length === 1
+  })
+
+/**
+ * Deletes up to `limit` of the group's keys older than the retention; returns how many.
+ * SKIP LOCKED: several instances of one group clean side by side without waiting.
+ */
+export const deleteExpiredKeys = (
+  consumerGroup: string,
+  retentionSeconds: number,
+  limit: number,
+): Effect.Effect<number, SqlError.SqlError, SqlClient.SqlClient> =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    const [row] = yield* sql<{ deleted: number }>`
+      WITH expired AS (
+        SELECT consumer_group, dedup_key FROM consumer_inbox
+         WHERE consumer_group = ${consumerGroup} AND processed_at < now() - make_interval(secs => ${retentionSeconds})
+         ORDER BY processed_at
+         LIMIT ${limit}
+         FOR UPDATE SKIP LOCKED
+      ), gone AS (
+        DELETE FROM consumer_inbox i USING expired e
+         WHERE i.consumer_group = e.consumer_group AND i.dedup_key = e.dedup_key
+        RETURNING 1
+      )
+      SELECT count(*)::int AS deleted FROM gone`
+    return row?.deleted ?? 0
+  })

@@ -1,0 +1,99 @@
+/**
+ * One kafkajs batch (one partition) in offset order: each message settled (processed,
+ * skipped as a duplicate, or dead-lettered) before the next starts, so partition order
+ * holds. Offsets are committed only for settled messages, i.e. after their transaction
+ * committed. When the partition is revoked (a rebalance) the message in flight is
+ * abandoned, its transaction rolled back, and nothing more is committed: the next owner
+ * redelivers from the last commit and the inbox turns what was done into skips.
+ */
+import { Deferred, Duration, Effect, Ref, Schedule } from "effect"
+import type { SqlClient } from "effect/sql"
+import type { EachBatchPayload } from "kafkajs"
+import { type ConsumedMessage, fromKafkaMessage } from "./consumed-message.ts"
+import type { GroupMembership } from "./group-membership.ts"
+import type { MessageOutcome } from "./process-message.ts"
+
+export interface BatchRunner<R> {
+  readonly processMessage: (message: ConsumedMessage) => Effect.Effect<MessageOutcome, never, R | SqlClient.SqlClient>
+  /** Called once a message is settled, before its offset is committed. */
+  readonly afterMessage: (outcome: MessageOutcome) => Effect.Effect<void>
+  /** True once the consumer is shutting down: finish the message in flight, commit, return. */
+  readonly isStopping: () => boolean
+  readonly commitInterval: Duration.Duration
+  readonly membership: GroupMembership
+}
+
+// Errors kafkajs' heartbeat reports when this member must rejoin: its partitions are gone.
+const LOST_MEMBERSHIP = new Set([
+  "REBALANCE_IN_PROGRESS",
+  "ILLEGAL_GENERATION",
+  "UNKNOWN_MEMBER_ID",
+  "NOT_COORDINATOR_FOR_GROUP",
+  "FENCED_INSTANCE_ID",
+])
+const lostMembership = (error: unknown): boolean =>
+  typeof error === "object" && error !== null && "type" in error && typeof error.type === "string" && LOST_MEMBERSHIP.has(error.type)
+
+const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error))
+
+export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
+  Effect.fn("IdempotentConsumer.processBatch")(function* (payload: EachBatchPayload) {
+    const { batch } = payload
+    const term = runner.membership.currentTerm()
+    const revoked = yield* Deferred.make<void>()
+    // A rebalance that kafkajs handled on its own (fetch loop, rejoin) revokes this batch too.
+    yield* term.ended.pipe(Effect.andThen(Deferred.succeed(revoked, undefined)), Effect.forkScoped)
+    const lastSettled = yield* Ref.make<string | undefined>(undefined)
+    const lastCommitted = yield* Ref.make<string | undefined>(undefined)
+
+    // Keeps the membership alive through long handlers and outage waits, and is how a
+    // rebalance is noticed mid-batch (kafkajs throttles the actual requests).
+    yield* Effect.tryPromise(() => payload.heartbeat()).pipe(
+      Effect.catch((error) =>
+        lostMembership(error.cause)
+          ? Deferred.succeed(revoked, undefined)
+          : Effect.logDebug("heartbeat failed").pipe(Effect.annotateLogs({ error: errorText(error.cause) })),
+      ),
+      Effect.repeat(Schedule.spaced("500 millis")),
+      Effect.forkScoped,
+    )
+
+    const isRevoked = Deferred.isDone(revoked).pipe(Effect.map((done) => done || !term.isCurrent()))
+    const commit = Effect.gen(function* () {
+      const offset = yield* Ref.get(lastSettled)
+      if (offset === undefined || offset === (yield* Ref.get(lastCommitted)) || (yield* isRevoked) || payload.isStale()) return
+      const next = (BigInt(offset) + 1n).toString()
+      yield* Effect.tryPromise(() =>
+        payload.commitOffsetsIfNecessary({ topics: [{ topic: batch.topic, partitions: [{ partition: batch.partition, offset: next }] }] }),
+      ).pipe(
+        Effect.tap(() => Ref.set(lastCommitted, offset)),
+        // Not fatal: the settled messages come again after a restart and are skipped by the inbox.
+        Effect.catch((error) =>
+          Effect.logWarning("offset commit failed; settled messages may be redelivered and skipped").pipe(
+            Effect.annotateLogs({ topic: batch.topic, partition: batch.partition, offset: next, error: errorText(error.cause) }),
+          ),
+        ),
+      )
+    })
+
+    let lastCommitAt = Date.now()
+    for (const kafkaMessage of batch.messages) {
+      if (runner.isStopping() || (yield* isRevoked) || !payload.isRunning() || payload.isStale()) break
+      const message = fromKafkaMessage(batch.topic, batch.partition, kafkaMessage)
+      const outcome = yield* runner.processMessage(message).pipe(Effect.raceFirst(Deferred.await(revoked).pipe(Effect.as(undefined))))
+      if (outcome === undefined) break
+      yield* runner.afterMessage(outcome)
+      payload.resolveOffset(kafkaMessage.offset)
+      yield* Ref.set(lastSettled, kafkaMessage.offset)
+      if (Date.now() - lastCommitAt >= Duration.toMillis(runner.commitInterval)) {
+        yield* commit
+        lastCommitAt = Date.now()
+      }
+    }
+    if (yield* isRevoked) {
+      yield* Effect.logInfo("rebalance: batch abandoned; its uncommitted messages will be redelivered and skipped").pipe(
+        Effect.annotateLogs({ topic: batch.topic, partition: batch.partition, last_committed: (yield* Ref.get(lastCommitted)) ?? "none" }),
+      )
+    }
+    yield* commit
+  }, Effect.scoped)

@@ -1,0 +1,169 @@
+/**
+ * One message, effectively once: the inbox row and the handler's writes commit in one
+ * transaction. A key already in the inbox means an earlier delivery committed, so the
+ * handler is skipped. A failing handler is retried with backoff, then the message goes to
+ * the dead-letter topic. Database and Kafka outages are waited out, never dead-lettered:
+ * they are not the message's fault.
+ */
+import { Cause, Effect, Option, Ref, Result, Schedule, type Schema } from "effect"
+import { SqlClient } from "effect/sql"
+import { type BackoffPolicy, backoffSchedule } from "../relay/backoff.ts"
+import {
+  type ConsumedEvent,
+  type ConsumedMessage,
+  decodePayload,
+  dedupKeyProblem,
+  externalParent,
+  toConsumedEvent,
+} from "./consumed-message.ts"
+import type { StatsRecorder } from "./consumer-stats.ts"
+import type { ConsumerDeadLetter, ConsumerDeadReason } from "./dead-letter.ts"
+import { type ConsumerKafkaError, HandlerFailed } from "./errors.ts"
+import { recordInInbox } from "./inbox-table.ts"
+
+export type MessageOutcome =
+  | { readonly _tag: "Processed"; readonly message: ConsumedMessage; readonly dedupKey: string; readonly attempts: number }
+  | { readonly _tag: "Duplicate"; readonly message: ConsumedMessage; readonly dedupKey: string }
+  | {
+      readonly _tag: "DeadLettered"
+      readonly message: ConsumedMessage
+      readonly dedupKey: string | undefined
+      readonly reason: ConsumerDeadReason
+      readonly error: string
+      readonly attempts: number
+    }
+
+export interface MessageProcessor<A, E, R> {
+  readonly consumerGroup: string
+  readonly handler: (event: ConsumedEvent<A>) => Effect.Effect<void, E, R>
+  readonly payloadSchema: Schema.Decoder<A>
+  readonly dedupKeyOf: (message: ConsumedMessage) => string | undefined
+  readonly maxRetries: number
+  readonly retryBackoff: BackoffPolicy
+  readonly outageBackoff: BackoffPolicy
+  readonly stats: StatsRecorder
+  readonly publishDeadLetter: (letter: ConsumerDeadLetter) => Effect.Effect<void, ConsumerKafkaError>
+}
+
+const describe = (cause: Cause.Cause<unknown>): string => {
+  const error = Cause.squash(cause)
+  return error instanceof Error ? error.message : typeof error === "string" ? error : Cause.pretty(cause)
+}
+
+/** Runs the handler; any failure or defect becomes HandlerFailed, interruption stays interruption. */
+const runHandler = <A, E, R>(
+  handler: MessageProcessor<A, E, R>["handler"],
+  event: ConsumedEvent<A>,
+): Effect.Effect<void, HandlerFailed, R> =>
+  Effect.suspend(() => handler(event)).pipe(
+    Effect.catchCause((cause) =>
+      Cause.hasInterruptsOnly(cause)
+        ? Effect.interrupt
+        : Effect.fail(new HandlerFailed({ message: describe(cause), cause: Cause.squash(cause) })),
+    ),
+  )
+
+export const processMessage =
+  <A, E, R>(p: MessageProcessor<A, E, R>) =>
+  (message: ConsumedMessage): Effect.Effect<MessageOutcome, never, R | SqlClient.SqlClient> =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const attempts = yield* Ref.make(0)
+
+      const deadLetter = (dedupKey: string | undefined, reason: ConsumerDeadReason, error: string) =>
+        Effect.gen(function* () {
+          const tries = yield* Ref.get(attempts)
+          yield* p.publishDeadLetter({ message, consumerGroup: p.consumerGroup, reason, error, attempts: tries }).pipe(
+            Effect.tapError((e) =>
+              Effect.logWarning("dead-letter topic unreachable; retrying").pipe(Effect.annotateLogs({ error: e.message })),
+            ),
+            // A dead letter is never dropped: until it is published, the offset is not committed.
+            Effect.retry(backoffSchedule(p.outageBackoff)),
+          )
+          yield* p.stats.record("deadLettered")
+          yield* Effect.logError("message dead-lettered").pipe(Effect.annotateLogs({ reason, error, attempts: tries }))
+          return { _tag: "DeadLettered", message, dedupKey, reason, error, attempts: tries } satisfies MessageOutcome
+        })
+
+      const dedupKey = p.dedupKeyOf(message)
+      const keyProblem = dedupKeyProblem(dedupKey)
+      if (keyProblem !== undefined || dedupKey === undefined) {
+        return yield* deadLetter(undefined, keyProblem?.reason ?? "missing_dedup_key", keyProblem?.message ?? "no dedup key")
+      }
+      const payload = decodePayload(p.payloadSchema)(message)
+      if (Result.isFailure(payload)) return yield* deadLetter(dedupKey, payload.failure.reason, payload.failure.message)
+
+      const inboxEntry = {
+        consumerGroup: p.consumerGroup,
+        dedupKey,
+        eventId: message.headers.event_id ?? null,
+        topic: message.topic,
+        partition: message.partition,
+        offset: message.offset,
+      }
+      const attemptOnce = sql.withTransaction(
+        Effect.gen(function* () {
+          if (!(yield* recordInInbox(inboxEntry))) return "Duplicate" as const
+          const attempt = yield* Ref.updateAndGet(attempts, (n) => n + 1)
+          yield* runHandler(p.handler, toConsumedEvent(message, dedupKey, payload.success, attempt))
+          return "Processed" as const
+        }),
+      )
+
+      const settled = yield* attemptOnce.pipe(
+        Effect.tapError((e) =>
+          e._tag === "HandlerFailed"
+            ? Effect.gen(function* () {
+                yield* p.stats.record("handlerFailures")
+                const attempt = yield* Ref.get(attempts)
+                yield* Effect.logWarning(
+                  attempt > p.maxRetries ? "handler failed; no retries left" : "handler failed; retrying with backoff",
+                ).pipe(Effect.annotateLogs({ error: e.message, attempt }))
+              })
+            : Effect.logWarning("inbox database unavailable; retrying").pipe(Effect.annotateLogs({ error: e.message })),
+        ),
+        Effect.retry({
+          schedule: Schedule.max([backoffSchedule(p.retryBackoff), Schedule.recurs(p.maxRetries)]),
+          while: (e) => e._tag === "HandlerFailed",
+        }),
+        // Any other failure is the inbox database's (the key was checked above), and outages outlast
+        // any retry budget: the message waits (interruptibly: a stop or revoke abandons it uncommitted).
+        Effect.retry({ schedule: backoffSchedule(p.outageBackoff), while: (e) => e._tag === "SqlError" }),
+        Effect.result,
+      )
+      if (Result.isFailure(settled)) {
+        const error = settled.failure
+        // The outage retry above never gives up, so only a handler failure can arrive here.
+        if (error._tag !== "HandlerFailed") return yield* Effect.die(error)
+        return yield* deadLetter(dedupKey, "handler_failed", error.message)
+      }
+      if (settled.success === "Duplicate") {
+        yield* p.stats.record("duplicates")
+        yield* Effect.logDebug("duplicate skipped: its dedup key is already in the inbox")
+        return { _tag: "Duplicate", message, dedupKey } satisfies MessageOutcome
+      }
+      yield* p.stats.record("processed")
+      return { _tag: "Processed", message, dedupKey, attempts: yield* Ref.get(attempts) } satisfies MessageOutcome
+    }).pipe(
+      Effect.annotateLogs({
+        topic: message.topic,
+        partition: message.partition,
+        offset: message.offset,
+        event_id: message.headers.event_id ?? "",
+        dedup_key: message.headers.dedup_key ?? "",
+        request_id: message.headers.request_id ?? "",
+      }),
+      Effect.withSpan(`${message.topic} process`, {
+        kind: "consumer",
+        ...Option.match(externalParent(message), { onNone: () => ({ root: true }), onSome: (parent) => ({ parent }) }),
+        attributes: {
+          "messaging.system": "kafka",
+          "messaging.operation.type": "process",
+          "messaging.destination.name": message.topic,
+          "messaging.consumer.group.name": p.consumerGroup,
+          "messaging.destination.partition.id": String(message.partition),
+          "messaging.kafka.offset": message.offset,
+          "messaging.message.id": message.headers.event_id ?? "",
+        },
+      }),
+    ) as Effect.Effect<MessageOutcome, never, R | SqlClient.SqlClient>
