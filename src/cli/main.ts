@@ -21,10 +21,7 @@ outboxRelay.pipe(
       if (exit._tag === "Success") return onExit(0)
       const interruptedOnly = exit.cause.reasons.every((r) => r._tag === "Interrupt")
       const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
-      const code =
-        failure?._tag === "Fail"
-          ? (failure.error as { "~effect/Runtime/errorExitCode"?: number })["~effect/Runtime/errorExitCode"]
-          : undefined
+      const code = failure?._tag === "Fail" && failure.error instanceof Error ? failure.error[Runtime.errorExitCode] : undefined
       onExit(interruptedOnly ? 0 : (code ?? 1))
     },
   }),

@@ -55,6 +55,16 @@ const readHttpUrl = (raw: string): Result.Result<Redacted.Redacted<string>, stri
   }
 }
 
+/** Plain (not redacted): an OTLP endpoint is an address; its credentials travel in OTEL_EXPORTER_OTLP_HEADERS. */
+const readEndpointUrl = (raw: string): Result.Result<string, string> => {
+  try {
+    const url = new URL(raw)
+    return url.protocol === "http:" || url.protocol === "https:" ? Result.succeed(raw) : Result.fail("must be an http(s) URL")
+  } catch {
+    return Result.fail("must be an http(s) URL")
+  }
+}
+
 const topicCheck = (s: string) => (isValidTopicName(s) ? undefined : `must be a Kafka topic name ([a-zA-Z0-9._-], at most 249), got "${s}"`)
 
 /** Declaration order is the order of the README table. */
@@ -111,6 +121,43 @@ export const settings = {
   opsWebhookUrl: Settings.optionalCustom("OPS_WEBHOOK_URL", "Optional POST target for dead-letter tickets", readHttpUrl, true),
   logLevel: Settings.oneOf("LOG_LEVEL", "Minimum log level", ["trace", "debug", "info", "warn", "error", "fatal", "none"], "info"),
   logFormat: Settings.oneOf("LOG_FORMAT", "Log output: JSON lines or human-readable", ["json", "pretty"], "json"),
+  sentLogLevel: Settings.oneOf(
+    "SENT_LOG_LEVEL",
+    "Level of the SENT line logged per relayed event (printed when LOG_LEVEL lets it through)",
+    ["trace", "debug", "info", "warn"],
+    "debug",
+  ),
+  listenNotify: Settings.boolean(
+    "LISTEN_NOTIFY",
+    "Claim at once when a row is inserted (LISTEN/NOTIFY); polling stays as the fallback",
+    true,
+  ),
+  gaugeRefreshMs: Settings.int(
+    "GAUGE_REFRESH_MS",
+    "How often outbox_new_count, outbox_failed_count and outbox_relay_lag_seconds are read from the database",
+    { min: 1000, max: 300_000, default: 5000 },
+  ),
+  healthStallMs: Settings.int("HEALTH_STALL_MS", "/healthz answers 503 once the relay loop has completed no cycle for this long", {
+    min: 1000,
+    max: 3_600_000,
+    default: 60_000,
+  }),
+  readyTimeoutMs: Settings.int("READY_TIMEOUT_MS", "Time limit of each /readyz check (database, Kafka)", {
+    min: 100,
+    max: 30_000,
+    default: 2000,
+  }),
+  otelServiceName: Settings.string("OTEL_SERVICE_NAME", "service.name of exported traces and of the metrics' target_info", "outbox-relay"),
+  otelEndpoint: Settings.optionalCustom(
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTLP/HTTP base URL; traces go to its /v1/traces. Tracing is off while this and the next are unset",
+    readEndpointUrl,
+  ),
+  otelTracesEndpoint: Settings.optionalCustom(
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTLP/HTTP URL for traces, used as is (wins over OTEL_EXPORTER_OTLP_ENDPOINT)",
+    readEndpointUrl,
+  ),
   instanceId: Settings.optionalString(
     "RELAY_INSTANCE_ID",
     "Prefix of this instance's name in leases and logs (default: host name); pid and a random suffix are appended",

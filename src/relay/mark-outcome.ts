@@ -4,6 +4,7 @@ import { RelayConfig } from "../config/config.ts"
 import { DeadLetterSignal } from "../ops/dead-letter-signal.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
 import { endToEndSeconds, leasesLost, publishDead, publishFailed, publishSent } from "../telemetry/metrics.ts"
+import { rowTraceContext } from "../telemetry/publish-spans.ts"
 import { backoffSchedule, retryDelayMs } from "./backoff.ts"
 import type { BatchOutcome } from "./publish-batch.ts"
 
@@ -20,6 +21,8 @@ export interface BatchSummary {
 // database restart without one; past that, another instance may already have them.
 const markRetry = (leaseMs: number) =>
   backoffSchedule({ baseMs: 100, maxMs: 2_000 }).pipe(Schedule.upTo({ duration: Duration.millis(leaseMs * 0.8) }))
+
+const SENT_LEVELS = { trace: "Trace", debug: "Debug", info: "Info", warn: "Warn" } as const
 
 export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: BatchOutcome) {
   const store = yield* OutboxStore
@@ -45,10 +48,14 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
 
   const now = Date.now()
   const markedSent = new Set(sent.marked)
-  for (const { event, delivery } of outcome.sent) {
+  const logSent = Effect.logWithLevel(SENT_LEVELS[config.sentLogLevel])
+  for (const { event, delivery, span } of outcome.sent) {
     if (!markedSent.has(event.id)) continue
     yield* Metric.update(endToEndSeconds, (now - event.createdAtMs) / 1000)
-    yield* Effect.logDebug("SENT").pipe(
+    // The line carries the event's own trace (its publish span, else the row's traceparent), not the batch's.
+    const trace = span ?? rowTraceContext(event)
+    yield* logSent("SENT").pipe(
+      trace === undefined ? (log) => log : Effect.withParentSpan(trace),
       Effect.annotateLogs({
         event_id: event.eventId,
         event_type: event.eventType,

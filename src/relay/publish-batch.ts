@@ -3,17 +3,19 @@
  * the database: the outcome says, per event, sent (with its offset), failed (retry
  * later), dead (already on the dead-letter topic) or held (give the lease back untried).
  */
-import { Duration, Effect, Result } from "effect"
+import { Duration, Effect, Result, type Tracer } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import type { KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
 import type { ClaimedEvent, Delivery } from "../domain/outbox-event.ts"
 import { Publisher } from "../kafka/publisher.ts"
 import { buildRecord, isValidTraceparent, type OutboundRecord } from "../kafka/records.ts"
 import { publishDurationSeconds } from "../telemetry/metrics.ts"
+import { carryingSpan, endPublishSpan, type PublishResult, startPublishSpan, TracingEnabled } from "../telemetry/publish-spans.ts"
 import { type DeadLetter, deadLetterRecord } from "./dead-letter.ts"
 
 export interface BatchOutcome {
-  readonly sent: ReadonlyArray<{ readonly event: ClaimedEvent; readonly delivery: Delivery }>
+  /** `span`: the event's publish span, when tracing is on (its SENT line belongs to that trace). */
+  readonly sent: ReadonlyArray<{ readonly event: ClaimedEvent; readonly delivery: Delivery; readonly span?: Tracer.Span | undefined }>
   readonly failed: ReadonlyArray<{ readonly event: ClaimedEvent; readonly error: string }>
   readonly dead: ReadonlyArray<DeadLetter>
   readonly held: ReadonlyArray<ClaimedEvent>
@@ -101,12 +103,20 @@ const isolateRejected = Effect.fnUntraced(function* (items: ReadonlyArray<Publis
   return out
 })
 
-const publishRecords = Effect.fnUntraced(function* (items: ReadonlyArray<Publishable>) {
+const publishRecords = Effect.fnUntraced(function* (items: ReadonlyArray<Publishable>, eventSpans: ReadonlyArray<Tracer.Span>) {
   const publisher = yield* Publisher
   const { maxAttempts } = yield* RelayConfig
   if (items.length === 0) return emptyAttempt()
   const result = yield* Effect.result(
-    publisher.publish(items.map((i) => i.record)).pipe(Effect.trackDuration(publishDurationSeconds, (d) => Duration.toSeconds(d))),
+    publisher.publish(items.map((i) => i.record)).pipe(
+      Effect.trackDuration(publishDurationSeconds, (d) => Duration.toSeconds(d)),
+      // One Kafka request carries many events: its span links to each event's publish span.
+      Effect.withSpan("send", {
+        kind: "client",
+        links: eventSpans.map((span) => ({ span, attributes: {} })),
+        attributes: { "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.batch.message_count": items.length },
+      }),
+    ),
   )
   if (Result.isSuccess(result)) {
     return { ...emptyAttempt(), sent: items.map((item, i) => ({ event: item.event, delivery: result.success[i]! })) }
@@ -159,12 +169,44 @@ const publishDeadLetters = Effect.fnUntraced(function* (letters: ReadonlyArray<D
   return { done, failed }
 })
 
+/** With tracing on, each event gets its publish span, and its record the span's traceparent. */
+const startSpans = Effect.fnUntraced(function* (items: ReadonlyArray<Publishable>) {
+  const spans = new Map<string, Tracer.Span>()
+  if (!(yield* TracingEnabled)) return { items, spans }
+  const traced = yield* Effect.forEach(items, (item) =>
+    Effect.map(startPublishSpan(item.event, item.record), (span) => {
+      spans.set(item.event.id, span)
+      return { event: item.event, record: carryingSpan(item.record, span) }
+    }),
+  )
+  return { items: traced, spans }
+})
+
+const endSpans = (spans: ReadonlyMap<string, Tracer.Span>, attempted: Attempted) => {
+  const results: Array<[ClaimedEvent, PublishResult]> = [
+    ...attempted.sent.map(({ event, delivery }): [ClaimedEvent, PublishResult] => [event, { _tag: "sent", delivery }]),
+    ...attempted.failed.map(({ event, error }): [ClaimedEvent, PublishResult] => [event, { _tag: "failed", error }]),
+    ...attempted.dead.map(({ event, error }): [ClaimedEvent, PublishResult] => [event, { _tag: "dead", error }]),
+    ...attempted.held.map((event): [ClaimedEvent, PublishResult] => [event, { _tag: "held" }]),
+  ]
+  return Effect.forEach(
+    results,
+    ([event, result]) => {
+      const span = spans.get(event.id)
+      return span === undefined ? Effect.void : endPublishSpan(span, result)
+    },
+    { discard: true },
+  )
+}
+
 export const publishBatch = Effect.fn("Relay.publishBatch")(function* (events: ReadonlyArray<ClaimedEvent>) {
   const { publishable, dead } = yield* route(events)
-  const attempted = yield* publishRecords(publishable)
+  const traced = yield* startSpans(publishable)
+  const attempted = yield* publishRecords(traced.items, [...traced.spans.values()])
+  yield* endSpans(traced.spans, attempted)
   const letters = yield* publishDeadLetters([...dead, ...attempted.dead])
   return {
-    sent: attempted.sent,
+    sent: attempted.sent.map((s) => ({ ...s, span: traced.spans.get(s.event.id) })),
     failed: [...attempted.failed, ...letters.failed],
     dead: letters.done,
     held: attempted.held,

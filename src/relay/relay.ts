@@ -1,13 +1,14 @@
 /**
- * The relay, top to bottom: a trigger (poll tick) → claim a batch (repeated at once
- * while batches come back full) → publish → mark. Publish and mark run as one
- * uninterruptible step, so a stop never leaves an acknowledged event unmarked; leases
- * claimed but not yet published are given back when the loop ends.
+ * The relay, top to bottom: a trigger (poll tick, or an insert's NOTIFY) → claim a
+ * batch (repeated at once while batches come back full) → publish → mark. Publish and
+ * mark run as one uninterruptible step, so a stop never leaves an acknowledged event
+ * unmarked; leases claimed but not yet published are given back when the loop ends.
  */
 import { Duration, Effect, Fiber, Metric, Option, Ref, Stream } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import { Publisher } from "../kafka/publisher.ts"
+import { insertWakeUps } from "../outbox/insert-notifications.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
 import { requireCurrentSchema } from "../outbox/schema-migrator.ts"
 import { batchSize as batchSizeMetric, leaseTakeovers } from "../telemetry/metrics.ts"
@@ -42,12 +43,37 @@ const mayClaim = Effect.gen(function* () {
   return !(yield* Ref.get(state.paused)) && !(yield* Ref.get(state.stopping))
 })
 
+/** What /healthz reads: the loop completed a cycle (read at run time, not when the effect was built). */
+const recordCycle = Effect.gen(function* () {
+  const state = yield* RelayState
+  yield* Ref.set(state.lastCycleAt, Date.now())
+})
+
+/** A trigger while paused is a cycle too: the loop is alive, it just claims nothing. */
+const mayClaimOnTrigger = Effect.gen(function* () {
+  const may = yield* mayClaim
+  if (!may) yield* recordCycle
+  return may
+})
+
+/**
+ * Poll ticks merged with insert wake-ups. The sliding buffer of one coalesces
+ * whatever arrives while a cycle runs into a single next trigger, so a burst of
+ * inserts costs one extra claim, not one per insert.
+ */
+const triggers = Effect.gen(function* () {
+  const config = yield* RelayConfig
+  const ticks = Stream.tick(Duration.millis(config.pollIntervalMs))
+  return (config.listenNotify ? ticks.pipe(Stream.merge(insertWakeUps)) : ticks).pipe(Stream.buffer({ capacity: 1, strategy: "sliding" }))
+})
+
 /** Batches for one trigger: claims again at once while they come back full, so a backlog drains without sleeping. */
 const claimUntilDrained = (held: Held) =>
   Stream.paginate(undefined, () =>
     Effect.gen(function* () {
       const config = yield* RelayConfig
-      const batch = yield* claimBatch(held)
+      // Untraced: an idle relay claims every poll, and a span each time would bury the publish traces.
+      const batch = yield* claimBatch(held).pipe(Effect.withTracerEnabled(false))
       const more = batch.length >= config.batchSize && (yield* mayClaim)
       return [batch.length > 0 ? [batch] : [], more ? Option.some(undefined) : Option.none()] as const
     }),
@@ -79,6 +105,8 @@ const publishAndMark = (held: Held) => (batch: ReadonlyArray<ClaimedEvent>) =>
         }),
       ),
     )
+    // Progress counts as a cycle: a long backlog drain must not look like a stalled loop.
+    yield* recordCycle
     yield* Effect.logInfo("batch relayed").pipe(Effect.annotateLogs({ claimed: batch.length, ...summary }))
     return outcome.kafkaUnavailable
   }).pipe(
@@ -88,15 +116,13 @@ const publishAndMark = (held: Held) => (batch: ReadonlyArray<ClaimedEvent>) =>
 
 /** One run of the pipeline; ends when stopping, or fails with a database error. */
 const pipeline = Effect.gen(function* () {
-  const config = yield* RelayConfig
   const state = yield* RelayState
   const store = yield* OutboxStore
   const held = yield* Ref.make<ReadonlySet<string>>(new Set())
-  const triggers = Stream.tick(Duration.millis(config.pollIntervalMs))
-  yield* triggers.pipe(
+  yield* (yield* triggers).pipe(
     Stream.takeUntilEffect(() => Ref.get(state.stopping)),
-    Stream.filterEffect(() => mayClaim),
-    Stream.flatMap(() => claimUntilDrained(held).pipe(Stream.onEnd(Ref.set(state.lastCycleAt, Date.now())))),
+    Stream.filterEffect(() => mayClaimOnTrigger),
+    Stream.flatMap(() => claimUntilDrained(held).pipe(Stream.onEnd(recordCycle))),
     Stream.mapEffect(publishAndMark(held)),
     Stream.runDrain,
     Effect.onExit(() =>

@@ -41,3 +41,10 @@ export const endToEndSeconds = Metric.histogram("outbox_event_age_at_send_second
   description: "Time from the row's created_at to Kafka's acknowledgement",
   boundaries: Metric.exponentialBoundaries({ start: 0.005, factor: 2, count: 16 }),
 })
+
+// Backlog gauges, read from the database by the refresher (backlog-gauges.ts), not per batch.
+export const newCount = Metric.gauge("outbox_new_count", { description: "Rows with status NEW (not yet published)" })
+export const failedCount = Metric.gauge("outbox_failed_count", { description: "Rows with status FAILED (waiting for their next attempt)" })
+export const relayLagSeconds = Metric.gauge("outbox_relay_lag_seconds", {
+  description: "Age of the oldest row due for publishing (NEW, or FAILED whose retry time has come); 0 when none",
+})

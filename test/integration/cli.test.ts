@@ -71,7 +71,8 @@ describe("outbox-relay command", () => {
   it.live("migrates once, then again harmlessly, and the relay refuses an unmigrated or newer schema", () =>
     Effect.gen(function* () {
       const db = yield* testDatabase({ migrated: false })
-      const env = { DATABASE_URL: db.url, KAFKA_BROKERS: inject("kafkaBrokers") }
+      // `run` serves HTTP before its schema check: any free port, so a busy 8080 cannot decide the outcome.
+      const env = { DATABASE_URL: db.url, KAFKA_BROKERS: inject("kafkaBrokers"), HTTP_PORT: "0" }
 
       const unmigrated = yield* outboxRelay(["run"], env)
       expect(unmigrated.code).toBe(1)

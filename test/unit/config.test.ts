@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest"
 import { parseConfig } from "../../src/config/config.ts"
 import { parseDurationMs } from "../../src/config/settings.ts"
 import { DEFAULT_TOPIC_MAP } from "../../src/domain/event-types.ts"
+import { otlpTracesUrl } from "../../src/telemetry/telemetry.ts"
 
 const valid = { DATABASE_URL: "postgres://app:s3cret@db:5432/app", KAFKA_BROKERS: "k1:9092, k2:9092" }
 
@@ -28,6 +29,23 @@ describe("configuration", () => {
     expect(c.logLevel).toBe("info")
     expect(c.logFormat).toBe("json")
     expect(c.topicMap).toEqual(DEFAULT_TOPIC_MAP)
+    expect(c.sentLogLevel).toBe("debug")
+    expect(c.listenNotify).toBe(true)
+    expect(c.gaugeRefreshMs).toBe(5000)
+    expect(c.healthStallMs).toBe(60_000)
+    expect(c.readyTimeoutMs).toBe(2000)
+    expect(c.otelServiceName).toBe("outbox-relay")
+    expect(c.otelEndpoint).toBeUndefined()
+    expect(c.otelTracesEndpoint).toBeUndefined()
+  })
+
+  it("turns tracing on only with an OTLP endpoint; the traces URL wins over the base URL", () => {
+    const url = (env: Record<string, string>) => otlpTracesUrl(Result.getOrThrow(parseConfig({ ...valid, ...env })))
+    expect(url({})).toBeUndefined()
+    expect(url({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318/" })).toBe("http://collector:4318/v1/traces")
+    expect(url({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "https://t.example/in" })).toBe(
+      "https://t.example/in",
+    )
   })
 
   it("keeps secrets redacted in every rendering", () => {
@@ -64,6 +82,13 @@ describe("configuration", () => {
     ["ADMIN_TOKEN", "short"],
     ["OPS_WEBHOOK_URL", "ftp://x"],
     ["KAFKA_SASL_MECHANISM", "kerberos"],
+    ["SENT_LOG_LEVEL", "loud"],
+    ["LISTEN_NOTIFY", "maybe"],
+    ["GAUGE_REFRESH_MS", "10"],
+    ["HEALTH_STALL_MS", "0"],
+    ["READY_TIMEOUT_MS", "99999"],
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"],
+    ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://collector:4317"],
   ])("rejects %s=%s naming the variable", (name, value) => {
     expect(problems({ ...valid, [name]: value })).toEqual([name])
   })
