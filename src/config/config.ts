@@ -80,6 +80,11 @@ export const settings = {
   kafkaSaslUsername: Settings.optionalString("KAFKA_SASL_USERNAME", "SASL user name"),
   kafkaSaslPassword: Settings.optionalSecret("KAFKA_SASL_PASSWORD", "SASL password"),
   kafkaSsl: Settings.boolean("KAFKA_SSL", "Connect to Kafka over TLS", false),
+  kafkaAutoCreateTopics: Settings.boolean(
+    "KAFKA_AUTO_CREATE_TOPICS",
+    "Ask the broker to create a missing topic on first publish (it does so only where auto.create.topics.enable is on)",
+    true,
+  ),
   pollIntervalMs: Settings.int("POLL_INTERVAL_MS", "Milliseconds between claims while idle", { min: 200, max: 1000, default: 500 }),
   batchSize: Settings.int("BATCH_SIZE", "Rows claimed and published per batch", { min: 100, max: 1000, default: 500 }),
   leaseMs: Settings.int("LEASE_MS", "How long a claim is held before another instance may take it over", {

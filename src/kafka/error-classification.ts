@@ -62,3 +62,7 @@ export const classifyKafkaError = (error: unknown): KafkaUnavailable | KafkaReje
   // errors) is treated as transient: retrying is safe, dead-lettering is not undoable.
   return new KafkaUnavailable({ message, producerFenced: types.some((t) => FENCED.has(t)), cause: error })
 }
+
+/** The broker has no such topic (it may be created later: not a reason to dead-letter at once). */
+export const isUnknownTopic = (error: unknown): boolean =>
+  causeChain(error).some((e) => e.type === "UNKNOWN_TOPIC_OR_PARTITION" || e.type === "INVALID_TOPIC_EXCEPTION")

@@ -6,4 +6,15 @@
 import kafkajs from "kafkajs"
 
 export const { Kafka, Partitioners, logLevel: KafkaLogLevel } = kafkajs
-export type { Admin, IHeaders, KafkaConfig, LogEntry, Message, PartitionMetadata, Producer, RecordMetadata, SASLOptions } from "kafkajs"
+export type {
+  Admin,
+  IHeaders,
+  KafkaConfig,
+  LogEntry,
+  Message,
+  PartitionerArgs,
+  PartitionMetadata,
+  Producer,
+  RecordMetadata,
+  SASLOptions,
+} from "kafkajs"

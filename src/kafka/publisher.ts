@@ -8,9 +8,9 @@ import { Context, Duration, Effect, Layer, Metric, Semaphore } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import { type KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
 import type { Delivery } from "../domain/outbox-event.ts"
-import { classifyKafkaError } from "./error-classification.ts"
+import { classifyKafkaError, isUnknownTopic } from "./error-classification.ts"
 import { KafkaClient } from "./kafka-client.ts"
-import { type Admin, Partitioners, type PartitionMetadata, type Producer } from "./kafkajs.ts"
+import { type Admin, type PartitionerArgs, Partitioners, type Producer } from "./kafkajs.ts"
 import type { OutboundRecord } from "./records.ts"
 
 export const producerRecreations = Metric.counter("outbox_producer_recreations_total", {
@@ -18,7 +18,8 @@ export const producerRecreations = Metric.counter("outbox_producer_recreations_t
   incremental: true,
 })
 
-const METADATA_TTL_MS = 60_000
+// A missing topic is asked about again this often, so a newly created one is picked up soon.
+const MISSING_TOPIC_TTL_MS = 5_000
 
 export class Publisher extends Context.Service<
   Publisher,
@@ -27,6 +28,11 @@ export class Publisher extends Context.Service<
     readonly publish: (records: ReadonlyArray<OutboundRecord>) => Effect.Effect<ReadonlyArray<Delivery>, KafkaUnavailable | KafkaRejected>
     /** Whether a broker answers now (readiness). */
     readonly checkReachable: Effect.Effect<void, KafkaUnavailable>
+    /**
+     * The topics among these that the broker does not have. Their records are retried later
+     * instead of failing the whole batch: one unmapped topic must not hold up the others.
+     */
+    readonly missingTopics: (topics: Iterable<string>) => Effect.Effect<ReadonlySet<string>, KafkaUnavailable>
   }
 >()("outbox-relay/Publisher") {
   static readonly layer = Layer.effect(
@@ -35,22 +41,32 @@ export class Publisher extends Context.Service<
       const config = yield* RelayConfig
       const kafka = yield* KafkaClient
       const sendLock = yield* Semaphore.make(1)
-      const partitioner = Partitioners.DefaultPartitioner()
+      // kafkajs chooses each record's partition (Java-compatible murmur2, over its own refreshed
+      // metadata, which also lets a broker with auto.create.topics.enable create a new topic);
+      // this wrapper remembers the choice, so the reply's base offsets give each record's offset.
+      const chosenPartition = new WeakMap<object, number>()
+      const recordingPartitioner = () => {
+        const choose = Partitioners.DefaultPartitioner()
+        return (args: PartitionerArgs) => {
+          const partition = choose(args)
+          chosenPartition.set(args.message, partition)
+          return partition
+        }
+      }
       const publishTimeout = Duration.millis(config.publishTimeoutMs)
 
       const newProducer = () =>
         kafka.producer({
           idempotent: true,
           maxInFlightRequests: 1,
-          allowAutoTopicCreation: true,
+          allowAutoTopicCreation: config.kafkaAutoCreateTopics,
           retry: { retries: 2 },
-          createPartitioner: Partitioners.DefaultPartitioner,
+          createPartitioner: recordingPartitioner,
         })
       let producer: Producer = newProducer()
       let connected = false
       const admin: Admin = kafka.admin()
       let adminConnected = false
-      const partitions = new Map<string, { readonly metadata: ReadonlyArray<PartitionMetadata>; readonly until: number }>()
 
       const attempt = <A>(operation: string, f: () => Promise<A>) =>
         Effect.tryPromise({ try: f, catch: classifyKafkaError }).pipe(
@@ -78,71 +94,65 @@ export class Publisher extends Context.Service<
           const old = producer
           producer = newProducer()
           connected = false
-          partitions.clear()
           yield* Metric.update(producerRecreations, 1)
           yield* Effect.logWarning("Kafka producer recreated").pipe(Effect.annotateLogs({ reason }))
           // The old producer may be wedged; do not wait on it for long.
           yield* Effect.promise(() => old.disconnect().catch(() => undefined)).pipe(Effect.timeout("2 seconds"), Effect.ignore)
         })
 
-      const partitionMetadata = (topic: string) =>
+      const adminReady = Effect.suspend(() =>
+        adminConnected
+          ? Effect.void
+          : attempt("admin connect", () => admin.connect()).pipe(Effect.tap(() => Effect.sync(() => (adminConnected = true)))),
+      )
+
+      const absent = new Map<string, number>()
+      const missingTopics = (topics: Iterable<string>) =>
         Effect.gen(function* () {
-          const cached = partitions.get(topic)
-          if (cached !== undefined && cached.until > Date.now()) return cached.metadata
-          if (!adminConnected) {
-            yield* attempt("admin connect", () => admin.connect())
-            adminConnected = true
+          const missing = new Set<string>()
+          for (const topic of new Set(topics)) {
+            if ((absent.get(topic) ?? 0) > Date.now()) {
+              missing.add(topic)
+              continue
+            }
+            // Admin metadata never auto-creates a topic: this asks whether it exists now.
+            const found = yield* Effect.result(
+              adminReady.pipe(Effect.andThen(attempt(`metadata of ${topic}`, () => admin.fetchTopicMetadata({ topics: [topic] })))),
+            )
+            if (found._tag === "Success") continue
+            const error = found.failure
+            if (!isUnknownTopic(error.cause)) {
+              return yield* new KafkaUnavailable({ message: error.message, producerFenced: false, cause: error.cause })
+            }
+            absent.set(topic, Date.now() + MISSING_TOPIC_TTL_MS)
+            missing.add(topic)
           }
-          const { topics } = yield* attempt(`metadata of ${topic}`, () => admin.fetchTopicMetadata({ topics: [topic] }))
-          const metadata = topics[0]?.partitions ?? []
-          if (metadata.length === 0) {
-            return yield* new KafkaUnavailable({ message: `topic ${topic} has no partitions`, producerFenced: false, cause: null })
-          }
-          partitions.set(topic, { metadata, until: Date.now() + METADATA_TTL_MS })
-          return metadata
+          return missing
         })
 
       const send = (records: ReadonlyArray<OutboundRecord>) =>
         Effect.gen(function* () {
-          // The partition is chosen here (with kafkajs' Java-compatible partitioner) so that each
-          // record's offset can be read off its partition's base offset in the reply.
-          const byTopic = new Map<string, Array<{ partition: number; record: OutboundRecord }>>()
-          const placed: Array<{ topic: string; partition: number }> = []
-          for (const record of records) {
-            const metadata = yield* partitionMetadata(record.topic)
-            const partition = partitioner({
-              topic: record.topic,
-              partitionMetadata: [...metadata],
-              message: { key: record.key, value: record.value },
-            })
-            const list = byTopic.get(record.topic) ?? []
-            list.push({ partition, record })
-            byTopic.set(record.topic, list)
-            placed.push({ topic: record.topic, partition })
-          }
+          const messages = records.map((r) => ({ key: r.key, value: r.value, headers: r.headers }))
+          const byTopic = new Map<string, Array<(typeof messages)[number]>>()
+          records.forEach((r, i) => byTopic.set(r.topic, [...(byTopic.get(r.topic) ?? []), messages[i]!]))
           yield* ensureConnected
           const replies = yield* attempt("send", () =>
             producer.sendBatch({
               acks: -1,
               timeout: config.publishTimeoutMs,
-              topicMessages: [...byTopic].map(([topic, list]) => ({
-                topic,
-                messages: list.map(({ partition, record }) => ({
-                  key: record.key,
-                  value: record.value,
-                  headers: record.headers,
-                  partition,
-                })),
-              })),
+              topicMessages: [...byTopic].map(([topic, list]) => ({ topic, messages: list })),
             }),
           )
+          // Within a partition, kafkajs keeps the given order: each record's offset is its
+          // partition's base offset plus the records before it there.
           const base = new Map(replies.map((r) => [`${r.topicName}\u0000${r.partition}`, BigInt(r.baseOffset ?? r.offset ?? "-1")]))
           const next = new Map<string, bigint>()
-          return placed.map(({ topic, partition }): Delivery => {
-            const slot = `${topic}\u0000${partition}`
+          return records.map((record, i): Delivery => {
+            const partition = chosenPartition.get(messages[i]!) ?? -1
+            const slot = `${record.topic}\u0000${partition}`
             const offset = next.get(slot) ?? base.get(slot) ?? -1n
             next.set(slot, offset + 1n)
-            return { topic, partition, offset: offset.toString() }
+            return { topic: record.topic, partition, offset: offset.toString() }
           })
         })
 
@@ -155,13 +165,8 @@ export class Publisher extends Context.Service<
               ),
             )
 
-      const checkReachable = Effect.gen(function* () {
-        if (!adminConnected) {
-          yield* attempt("admin connect", () => admin.connect())
-          adminConnected = true
-        }
-        yield* attempt("describe cluster", () => admin.describeCluster())
-      }).pipe(
+      const checkReachable = adminReady.pipe(
+        Effect.andThen(attempt("describe cluster", () => admin.describeCluster())),
         Effect.mapError((e) =>
           e._tag === "KafkaUnavailable" ? e : new KafkaUnavailable({ message: e.message, producerFenced: false, cause: e }),
         ),
@@ -173,7 +178,7 @@ export class Publisher extends Context.Service<
           Effect.ignore,
         ),
       )
-      return Publisher.of({ publish, checkReachable })
+      return Publisher.of({ publish, checkReachable, missingTopics })
     }),
   ).pipe(Layer.provide(KafkaClient.layer))
 }

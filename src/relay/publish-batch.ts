@@ -7,6 +7,7 @@ import { Duration, Effect, Result, type Tracer } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import type { KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
 import type { ClaimedEvent, Delivery } from "../domain/outbox-event.ts"
+import { isUnknownTopic } from "../kafka/error-classification.ts"
 import { Publisher } from "../kafka/publisher.ts"
 import { buildRecord, isValidTraceparent, type OutboundRecord } from "../kafka/records.ts"
 import { publishDurationSeconds } from "../telemetry/metrics.ts"
@@ -134,6 +135,10 @@ const publishRecords = Effect.fnUntraced(function* (items: ReadonlyArray<Publish
     )
     return yield* isolateRejected(items)
   }
+  if (isUnknownTopic(error.cause)) {
+    const missing = yield* publisher.missingTopics(items.map((i) => i.record.topic)).pipe(Effect.orElseSucceed(() => new Set<string>()))
+    if (missing.size > 0) return yield* setAsideMissingTopics(items, eventSpans, missing)
+  }
   yield* Effect.logWarning("Kafka unavailable; the batch will be retried with backoff").pipe(
     Effect.annotateLogs({ error: error.message, batch: items.length }),
   )
@@ -142,6 +147,33 @@ const publishRecords = Effect.fnUntraced(function* (items: ReadonlyArray<Publish
   for (const item of items) failOrExhaust(out, item, error.message, maxAttempts)
   return out
 })
+
+/**
+ * Records for topics the broker does not have wait for their retry (attempts count, so an
+ * unmapped topic ends as a dead letter if nobody creates it), and the rest of the batch
+ * is sent again without them: one missing topic must not hold up every other event.
+ */
+const setAsideMissingTopics = (
+  items: ReadonlyArray<Publishable>,
+  eventSpans: ReadonlyArray<Tracer.Span>,
+  missing: ReadonlySet<string>,
+): Effect.Effect<Attempted, never, RelayConfig | Publisher> =>
+  Effect.gen(function* () {
+    const { maxAttempts } = yield* RelayConfig
+    const waiting = emptyAttempt()
+    for (const item of items) {
+      if (missing.has(item.record.topic))
+        failOrExhaust(waiting, item, `topic ${item.record.topic} does not exist on the broker`, maxAttempts)
+    }
+    yield* Effect.logWarning("topics missing on the broker; their events wait for a retry, the others go on").pipe(
+      Effect.annotateLogs({ topics: [...missing].join(","), events: waiting.failed.length + waiting.dead.length }),
+    )
+    const rest: Attempted = yield* publishRecords(
+      items.filter((i) => !missing.has(i.record.topic)),
+      eventSpans,
+    )
+    return { ...rest, failed: [...waiting.failed, ...rest.failed], dead: [...waiting.dead, ...rest.dead] }
+  })
 
 /**
  * Dead letters go to the DLQ topic before their rows may become DEAD. If the DLQ

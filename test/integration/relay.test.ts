@@ -5,8 +5,10 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { SqlClient } from "effect/sql"
+import { inject } from "vitest"
 import { DEFAULT_EVENT_TYPES } from "../../src/domain/event-types.ts"
 import type { NewEvent } from "../../src/domain/outbox-event.ts"
+import { ensureTopics } from "../../src/kafka/topics.ts"
 import { type ReadMessage, readTopics } from "../support/kafka-reader.ts"
 import { openStore, relayConfig, startRelay, withTestTopics } from "../support/relay-harness.ts"
 import { sqlLayer, testDatabase } from "../support/test-database.ts"
@@ -158,5 +160,53 @@ describe("relay", () => {
         for (const seqs of sequencesByKey(messages).values()) expect(seqs).toEqual([...seqs].sort((a, b) => a - b))
       }),
     240_000,
+  )
+
+  it.live(
+    "holds back only the events of a topic missing on the broker, and delivers them once it exists",
+    () =>
+      Effect.gen(function* () {
+        const db = yield* testDatabase()
+        const topics = yield* withTestTopics()
+        const missingTopic = `${topics.map.search_click!}-not-yet`
+        const config = relayConfig(db.url, {
+          ...topics.env,
+          TOPIC_MAP: JSON.stringify({ ...topics.map, search_click: missingTopic }),
+          KAFKA_AUTO_CREATE_TOPICS: "false",
+          BACKOFF_BASE_MS: "200",
+          BACKOFF_MAX_MS: "500",
+          MAX_ATTEMPTS: "1000",
+        })
+        const written = events(40, "missing-topic")
+        yield* (yield* openStore(config)).append(written)
+        yield* startRelay(config)
+
+        const others = written.filter((e) => e.eventType !== "search_click")
+        const delivered = yield* readTopics(
+          Object.entries(topics.map)
+            .filter(([t]) => t !== "search_click")
+            .map(([, topic]) => topic),
+          { expected: others.length },
+        )
+        expect(delivered).toHaveLength(others.length)
+        const waiting = yield* Effect.gen(function* () {
+          const sql = yield* SqlClient.SqlClient
+          return yield* sql<{ status: string; last_error: string | null }>`
+            SELECT status, last_error FROM outbox_event WHERE event_type = 'search_click'`
+        }).pipe(Effect.provide(sqlLayer(db.url)), Effect.orDie)
+        expect(waiting.length).toBe(5)
+        expect(waiting.every((r) => r.status !== "SENT")).toBe(true)
+
+        yield* ensureTopics(inject("kafkaBrokers").split(","), [missingTopic]).pipe(Effect.orDie)
+        yield* waitUntilSettled(db.url, written.length)
+        const late = yield* readTopics([missingTopic], { expected: 5 })
+        expect(late.map((m) => m.headers.dedup_key).sort()).toEqual(
+          written
+            .filter((e) => e.eventType === "search_click")
+            .map((e) => e.dedupKey)
+            .sort(),
+        )
+      }),
+    120_000,
   )
 })
