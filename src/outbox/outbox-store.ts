@@ -101,10 +101,12 @@ export class OutboxStore extends Context.Service<
       const claimDue = (limit: number) =>
         // SKIP LOCKED lets instances claim side by side without waiting on each other.
         // A keyed row is eligible only when every older pending row of its key is in
-        // this same claim: a row held by another instance, or waiting for its retry,
-        // holds back the later rows of its key (and only of its key). Two concurrent
-        // claims cannot split a key: the older row is locked or leased by one of them,
-        // so it is missing from the other's candidates, which then skips the later row.
+        // this same claim, or already leased by this instance (claimed earlier, so it is
+        // ahead in this instance's ordered pipeline, which holds back a key's later rows
+        // if an earlier batch fails). A row held by another instance, or waiting for its
+        // retry, holds back the later rows of its key (and only of its key). Two
+        // concurrent claims cannot split a key: the older row is locked or leased by one
+        // of them, so the other skips the later row.
         sql<ClaimRow>`
           WITH candidates AS MATERIALIZED (
             SELECT id, aggregate_key, locked_by
@@ -124,7 +126,9 @@ export class OutboxStore extends Context.Service<
                    WHERE older.aggregate_key = c.aggregate_key
                      AND older.id < c.id
                      AND older.status IN ('NEW', 'FAILED')
-                     AND older.id NOT IN (SELECT id FROM candidates))
+                     AND older.id NOT IN (SELECT id FROM candidates)
+                     -- coalesce: an unleased older row (NULLs) must count as blocking, not as unknown.
+                     AND NOT coalesce(older.locked_by = ${me} AND older.locked_until > now(), false))
           )
           UPDATE outbox_event o
              SET locked_by = ${me}, locked_until = now() + make_interval(secs => ${leaseSeconds})

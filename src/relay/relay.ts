@@ -1,8 +1,11 @@
 /**
  * The relay, top to bottom: a trigger (poll tick, or an insert's NOTIFY) → claim a
- * batch (repeated at once while batches come back full) → publish → mark. Publish and
- * mark run as one uninterruptible step, so a stop never leaves an acknowledged event
- * unmarked; leases claimed but not yet published are given back when the loop ends.
+ * batch (repeated at once while batches come back full) → publish → mark. The three
+ * stages overlap: the next batch is claimed while one publishes and the one before is
+ * marked. That is safe for per-key order because a claim never takes a row while an
+ * older row of its key is still pending, and rows in flight are pending until marked.
+ * Publishing and marking are each uninterruptible; on a stop the batches in flight go
+ * through both, and leases that were not published are given back.
  */
 import { Duration, Effect, Fiber, Metric, Option, Ref, Stream } from "effect"
 import { RelayConfig } from "../config/config.ts"
@@ -13,8 +16,9 @@ import { OutboxStore } from "../outbox/outbox-store.ts"
 import { requireCurrentSchema } from "../outbox/schema-migrator.ts"
 import { batchSize as batchSizeMetric, leaseTakeovers } from "../telemetry/metrics.ts"
 import { backoffSchedule } from "./backoff.ts"
+import { FailedKeys } from "./failed-keys.ts"
 import { markOutcome } from "./mark-outcome.ts"
-import { publishBatch } from "./publish-batch.ts"
+import { type BatchOutcome, publishBatch } from "./publish-batch.ts"
 import { RelayState } from "./relay-state.ts"
 
 type Held = Ref.Ref<ReadonlySet<string>>
@@ -43,10 +47,14 @@ const mayClaim = Effect.gen(function* () {
   return !(yield* Ref.get(state.paused)) && !(yield* Ref.get(state.stopping))
 })
 
-/** What /healthz reads: the loop completed a cycle (read at run time, not when the effect was built). */
+/**
+ * What /healthz reads: the loop completed a cycle (read at run time, not when the effect
+ * was built). While Kafka is down nothing completes: claims may still come back empty,
+ * but the loop cannot do its work.
+ */
 const recordCycle = Effect.gen(function* () {
   const state = yield* RelayState
-  yield* Ref.set(state.lastCycleAt, Date.now())
+  if (yield* Ref.get(state.kafkaReachable)) yield* Ref.set(state.lastCycleAt, Date.now())
 })
 
 /** A trigger while paused is a cycle too: the loop is alive, it just claims nothing. */
@@ -67,15 +75,28 @@ const triggers = Effect.gen(function* () {
   return (config.listenNotify ? ticks.pipe(Stream.merge(insertWakeUps)) : ticks).pipe(Stream.buffer({ capacity: 1, strategy: "sliding" }))
 })
 
+interface Claimed {
+  readonly events: ReadonlyArray<ClaimedEvent>
+  /** When the claim started (before its statement ran). */
+  readonly claimedAt: number
+  readonly sequence: number
+}
+
+let claimSequence = 0
+
 /** Batches for one trigger: claims again at once while they come back full, so a backlog drains without sleeping. */
 const claimUntilDrained = (held: Held) =>
   Stream.paginate(undefined, () =>
     Effect.gen(function* () {
       const config = yield* RelayConfig
+      const claimedAt = Date.now()
       // Untraced: an idle relay claims every poll, and a span each time would bury the publish traces.
-      const batch = yield* claimBatch(held).pipe(Effect.withTracerEnabled(false))
-      const more = batch.length >= config.batchSize && (yield* mayClaim)
-      return [batch.length > 0 ? [batch] : [], more ? Option.some(undefined) : Option.none()] as const
+      const events = yield* claimBatch(held).pipe(Effect.withTracerEnabled(false))
+      const more = events.length >= config.batchSize && (yield* mayClaim)
+      return [
+        events.length > 0 ? [{ events, claimedAt, sequence: ++claimSequence }] : [],
+        more ? Option.some(undefined) : Option.none(),
+      ] as const
     }),
   )
 
@@ -86,44 +107,86 @@ const claimUntilDrained = (held: Held) =>
 const waitForKafka = Effect.gen(function* () {
   const state = yield* RelayState
   const publisher = yield* Publisher
-  yield* Ref.set(state.kafkaReachable, false)
-  yield* Effect.logWarning("Kafka unreachable; claiming paused until a broker answers")
+  yield* Effect.logWarning("Kafka unreachable; publishing and claiming paused until a broker answers")
   yield* publisher.checkReachable.pipe(Effect.retry(backoffSchedule({ baseMs: 250, maxMs: 10_000 })))
   yield* Ref.set(state.kafkaReachable, true)
-  yield* Effect.logInfo("Kafka reachable again; claiming resumes")
+  yield* Effect.logInfo("Kafka reachable again; relaying resumes")
 })
 
-const publishAndMark = (held: Held) => (batch: ReadonlyArray<ClaimedEvent>) =>
+/**
+ * A batch that waited too long for its turn (Kafka was down, say) may no longer be ours
+ * by the time it is sent: it is given back untried instead.
+ */
+const leaseTooOld = (claimed: Claimed) => RelayConfig.useSync((c) => Date.now() - claimed.claimedAt > c.leaseMs - 2 * c.publishTimeoutMs)
+
+/**
+ * After a batch found Kafka down, its outcome goes on to be marked (FAILED, with backoff)
+ * at once, and the next batch waits here until a broker answers; the full buffers then
+ * hold the claim stage back, so nothing else is claimed during the outage.
+ */
+const publishClaimed = (failedKeys: FailedKeys) => (claimed: Claimed) =>
   Effect.gen(function* () {
-    const outcome = yield* publishBatch(batch)
-    const summary = yield* markOutcome(outcome).pipe(
-      Effect.ensuring(
-        Ref.update(held, (ids) => {
-          const rest = new Set(ids)
-          for (const e of batch) rest.delete(e.id)
-          return rest
-        }),
-      ),
-    )
-    // Progress counts as a cycle: a long backlog drain must not look like a stalled loop.
-    yield* recordCycle
-    yield* Effect.logInfo("batch relayed").pipe(Effect.annotateLogs({ claimed: batch.length, ...summary }))
-    return outcome.kafkaUnavailable
-  }).pipe(
-    Effect.uninterruptible,
-    Effect.flatMap((kafkaDown) => (kafkaDown ? waitForKafka : Effect.void)),
-  )
+    const state = yield* RelayState
+    if (!(yield* Ref.get(state.kafkaReachable))) yield* waitForKafka
+    if (yield* leaseTooOld(claimed)) {
+      return { claimed, outcome: { sent: [], failed: [], dead: [], held: claimed.events, kafkaUnavailable: false } }
+    }
+    // Events claimed behind an earlier failure of their key are given back: they wait
+    // behind the failed row, as any later claim would.
+    const waits = (e: ClaimedEvent) => failedKeys.mustWait(e.aggregateKey, claimed.claimedAt)
+    const published = yield* publishBatch(claimed.events.filter((e) => !waits(e))).pipe(Effect.uninterruptible)
+    const outcome: BatchOutcome = { ...published, held: [...published.held, ...claimed.events.filter(waits)] }
+    failedKeys.failed(claimed.sequence, notSentKeys(outcome))
+    if (outcome.kafkaUnavailable) yield* Ref.set(state.kafkaReachable, false)
+    return { claimed, outcome }
+  })
+
+const notSentKeys = (outcome: BatchOutcome) => [
+  ...outcome.failed.map((f) => f.event.aggregateKey),
+  ...outcome.held.map((e) => e.aggregateKey),
+]
+
+const markPublished =
+  (held: Held, failedKeys: FailedKeys) =>
+  ({ claimed, outcome }: { readonly claimed: Claimed; readonly outcome: BatchOutcome }) =>
+    Effect.gen(function* () {
+      const config = yield* RelayConfig
+      const summary = yield* markOutcome(outcome).pipe(
+        Effect.tap(() =>
+          Effect.sync(() => {
+            failedKeys.marked(claimed.sequence, notSentKeys(outcome), Date.now())
+            failedKeys.forgetBefore(Date.now() - config.leaseMs)
+          }),
+        ),
+        Effect.ensuring(
+          Ref.update(held, (ids) => {
+            const rest = new Set(ids)
+            for (const e of claimed.events) rest.delete(e.id)
+            return rest
+          }),
+        ),
+      )
+      // Progress counts as a cycle: a long backlog drain must not look like a stalled loop.
+      yield* recordCycle
+      yield* Effect.logInfo("batch relayed").pipe(Effect.annotateLogs({ claimed: claimed.events.length, ...summary }))
+    }).pipe(Effect.uninterruptible)
 
 /** One run of the pipeline; ends when stopping, or fails with a database error. */
 const pipeline = Effect.gen(function* () {
   const state = yield* RelayState
   const store = yield* OutboxStore
   const held = yield* Ref.make<ReadonlySet<string>>(new Set())
+  const failedKeys = new FailedKeys()
   yield* (yield* triggers).pipe(
     Stream.takeUntilEffect(() => Ref.get(state.stopping)),
     Stream.filterEffect(() => mayClaimOnTrigger),
     Stream.flatMap(() => claimUntilDrained(held).pipe(Stream.onEnd(recordCycle))),
-    Stream.mapEffect(publishAndMark(held)),
+    // Claim the next batch while this one is published…
+    Stream.buffer({ capacity: 1 }),
+    Stream.mapEffect(publishClaimed(failedKeys)),
+    // …and mark this one while the next is published.
+    Stream.buffer({ capacity: 1 }),
+    Stream.mapEffect(markPublished(held, failedKeys)),
     Stream.runDrain,
     Effect.onExit(() =>
       Ref.get(held).pipe(

@@ -1,6 +1,7 @@
 import * as m0001 from "./0001_outbox_event.ts"
 import * as m0002 from "./0002_replay_audit.ts"
 import * as m0003 from "./0003_notify_trigger.ts"
+import * as m0004 from "./0004_storage_tuning.ts"
 
 export interface Migration {
   readonly version: number
@@ -13,6 +14,7 @@ export const migrations: ReadonlyArray<Migration> = [
   { version: 1, name: "outbox_event", statements: m0001.statements },
   { version: 2, name: "replay_audit", statements: m0002.statements },
   { version: 3, name: "notify_trigger", statements: m0003.statements },
+  { version: 4, name: "storage_tuning", statements: m0004.statements },
 ]
 
 export const LATEST_SCHEMA_VERSION = migrations[migrations.length - 1]!.version
