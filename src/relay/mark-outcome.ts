@@ -1,5 +1,5 @@
 /** Writes a batch's outcome back to the outbox, and says what it means in logs and metrics. */
-import { Duration, Effect, Metric, Schedule } from "effect"
+import { Duration, Effect, LogLevel, Metric, References, Schedule } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import { DeadLetterSignal } from "../ops/dead-letter-signal.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
@@ -48,10 +48,14 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
 
   const now = Date.now()
   const markedSent = new Set(sent.marked)
-  const logSent = Effect.logWithLevel(SENT_LEVELS[config.sentLogLevel])
+  const sentLevel = SENT_LEVELS[config.sentLogLevel]
+  const logSent = Effect.logWithLevel(sentLevel)
+  // Built per event, a filtered-out SENT line still costs: skip the loop's logging when it is off.
+  const logEachSent = LogLevel.isGreaterThanOrEqualTo(sentLevel, yield* References.MinimumLogLevel)
   for (const { event, delivery, span } of outcome.sent) {
     if (!markedSent.has(event.id)) continue
     yield* Metric.update(endToEndSeconds, (now - event.createdAtMs) / 1000)
+    if (!logEachSent) continue
     // The line carries the event's own trace (its publish span, else the row's traceparent), not the batch's.
     const trace = span ?? rowTraceContext(event)
     yield* logSent("SENT").pipe(
