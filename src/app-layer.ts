@@ -7,6 +7,7 @@ import { DeadLetterSignal } from "./ops/dead-letter-signal.ts"
 import { DatabaseLive } from "./outbox/database.ts"
 import { InstanceId } from "./outbox/instance-id.ts"
 import { OutboxStore } from "./outbox/outbox-store.ts"
+import { RetentionLive } from "./outbox/retention.ts"
 import { RelayState } from "./relay/relay-state.ts"
 import { BacklogGaugesLive } from "./telemetry/backlog-gauges.ts"
 import { LoggerLive } from "./telemetry/logger.ts"
@@ -22,11 +23,11 @@ export const appLayer = <E>(config: Layer.Layer<RelayConfig, E>) => ServicesLive
 
 /**
  * What `run` adds around the loop: OpenTelemetry (metrics, and traces when an OTLP
- * endpoint is set), the HTTP API on HTTP_PORT and the backlog gauges. Telemetry is
+ * endpoint is set), the HTTP API on HTTP_PORT, the backlog gauges and retention. Telemetry is
  * built first and closed last, so spans of the final batch are still flushed.
  */
 export const runLayer = <E>(config: Layer.Layer<RelayConfig, E>) =>
-  Layer.mergeAll(HttpApiLive, BacklogGaugesLive).pipe(
+  Layer.mergeAll(HttpApiLive, BacklogGaugesLive, RetentionLive).pipe(
     Layer.provideMerge(ServicesLive),
     Layer.provideMerge(TelemetryLive.pipe(Layer.provide(LoggerLive))),
     Layer.provideMerge(config),

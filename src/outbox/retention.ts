@@ -3,7 +3,7 @@
  * level off instead of growing forever. Small batches keep each transaction short (no long
  * lock, no burst of WAL), and SKIP LOCKED lets several instances clean side by side.
  */
-import { Duration, Effect, Schedule } from "effect"
+import { Duration, Effect, Layer, Schedule } from "effect"
 import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import { toDatabaseError } from "./sql-error.ts"
@@ -50,3 +50,6 @@ export const retentionLoop = Effect.gen(function* () {
     Effect.repeat(Schedule.spaced(EVERY)),
   )
 })
+
+/** Retention in the background for the layer's lifetime. */
+export const RetentionLive = Layer.effectDiscard(Effect.forkScoped(retentionLoop))
