@@ -3,7 +3,7 @@
 # jars: no Docker, no tarball. Used by scripts/infra.sh and by fault tests (kill -9 + start again).
 #
 #   kafka.sh fetch
-#   kafka.sh start  --dir DIR --port PORT [--controller-port CPORT]
+#   kafka.sh start  --dir DIR --port PORT [--controller-port CPORT] [--advertised-port APORT]
 #   kafka.sh stop   --dir DIR
 #   kafka.sh kill   --dir DIR      # SIGKILL, for fault tests; `start` on the same DIR recovers
 #   kafka.sh status --dir DIR      # exit 0 if running and accepting connections
@@ -11,6 +11,8 @@
 # Env: OUTBOX_RELAY_CACHE (jar cache root, default ~/.cache/outbox-relay),
 #      KAFKA_START_TIMEOUT (s, default 120), KAFKA_STOP_TIMEOUT (s, default 30),
 #      KAFKA_JVM_OPTS (replaces the default heap/GC flags below).
+# --advertised-port: the port clients are told to connect to (metadata), default PORT; e.g. a
+#   test's TCP proxy in front of the broker, so that every client connection goes through it.
 set -euo pipefail
 
 readonly KAFKA_VERSION=3.9.2
@@ -126,7 +128,7 @@ node.id=1
 # Static quorum: works unchanged across restarts and needs no format flag.
 controller.quorum.voters=1@127.0.0.1:$CPORT
 listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:${APORT:-$PORT},CONTROLLER://127.0.0.1:$CPORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
@@ -303,16 +305,17 @@ cmd_status() {
 # ---------------------------------------------------------------- main
 [[ $# -ge 1 ]] || usage
 CMD=$1; shift
-DIR="" PORT="" CPORT=""
+DIR="" PORT="" CPORT="" APORT=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) DIR=${2:?--dir needs a value}; shift 2 ;;
     --port) PORT=${2:?--port needs a value}; shift 2 ;;
     --controller-port) CPORT=${2:?--controller-port needs a value}; shift 2 ;;
+    --advertised-port) APORT=${2:?--advertised-port needs a value}; shift 2 ;;
     *) log "unknown argument: $1"; usage ;;
   esac
 done
-for v in "$PORT" "$CPORT"; do [[ -z $v || $v =~ ^[0-9]+$ ]] || die "not a port number: $v"; done
+for v in "$PORT" "$CPORT" "$APORT"; do [[ -z $v || $v =~ ^[0-9]+$ ]] || die "not a port number: $v"; done
 if [[ -n $DIR ]]; then
   # Absolute path: it goes into server.properties and is matched against the JVM's cmdline.
   if [[ $CMD == start && -n $PORT ]]; then mkdir -p "$DIR"; fi

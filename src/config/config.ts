@@ -92,7 +92,7 @@ export const settings = {
     max: 3_600_000,
     default: 30_000,
   }),
-  publishTimeoutMs: Settings.int("PUBLISH_TIMEOUT_MS", "Kafka request timeout for one batch; keep it well under LEASE_MS", {
+  publishTimeoutMs: Settings.int("PUBLISH_TIMEOUT_MS", "Time limit of one batch's publish; at most a third of LEASE_MS", {
     min: 500,
     max: 600_000,
     default: 10_000,
@@ -183,10 +183,11 @@ const crossChecks = (c: RelayConfigShape): ReadonlyArray<ConfigProblem> => {
   if (c.backoffMaxMs < c.backoffBaseMs) {
     problems.push({ variable: "BACKOFF_MAX_MS", message: `must be at least BACKOFF_BASE_MS (${c.backoffBaseMs})` })
   }
-  if (c.publishTimeoutMs >= c.leaseMs) {
+  if (c.publishTimeoutMs * 3 > c.leaseMs) {
+    // A claimed batch may wait for the one ahead of it, then publish: both must fit in its lease.
     problems.push({
       variable: "PUBLISH_TIMEOUT_MS",
-      message: `must be less than LEASE_MS (${c.leaseMs}), or a lease can expire mid-publish`,
+      message: `must be at most a third of LEASE_MS (${c.leaseMs}), or a lease can expire before its batch is published`,
     })
   }
   if (c.kafkaSaslMechanism !== undefined) {

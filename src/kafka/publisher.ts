@@ -65,7 +65,7 @@ export class Publisher extends Context.Service<
         })
       let producer: Producer = newProducer()
       let connected = false
-      const admin: Admin = kafka.admin()
+      let admin: Admin = kafka.admin()
       let adminConnected = false
 
       const attempt = <A>(operation: string, f: () => Promise<A>) =>
@@ -106,6 +106,28 @@ export class Publisher extends Context.Service<
           : attempt("admin connect", () => admin.connect()).pipe(Effect.tap(() => Effect.sync(() => (adminConnected = true)))),
       )
 
+      // A kafkajs admin whose calls failed across a network stall can stay broken for good
+      // (every call: "Broker not connected", though the broker is fine): the loop would wait
+      // for Kafka forever. So an admin call that fails throws that admin away; the next call
+      // connects a new one. The old one is disconnected in the background (it may be wedged).
+      const adminCall = <A>(operation: string, f: (admin: Admin) => Promise<A>) =>
+        Effect.suspend(() => {
+          const used = admin
+          return adminReady.pipe(
+            Effect.andThen(attempt(operation, () => f(used))),
+            Effect.tapError((e) => (e._tag === "KafkaUnavailable" && !isUnknownTopic(e.cause) ? discardAdmin(used) : Effect.void)),
+          )
+        })
+      const discardAdmin = (broken: Admin) =>
+        Effect.suspend(() => {
+          if (admin !== broken) return Effect.void
+          admin = kafka.admin()
+          adminConnected = false
+          return Effect.forkDetach(
+            Effect.promise(() => broken.disconnect().catch(() => undefined)).pipe(Effect.timeout("5 seconds"), Effect.ignore),
+          )
+        }).pipe(Effect.asVoid)
+
       const absent = new Map<string, number>()
       const missingTopics = (topics: Iterable<string>) =>
         Effect.gen(function* () {
@@ -116,9 +138,7 @@ export class Publisher extends Context.Service<
               continue
             }
             // Admin metadata never auto-creates a topic: this asks whether it exists now.
-            const found = yield* Effect.result(
-              adminReady.pipe(Effect.andThen(attempt(`metadata of ${topic}`, () => admin.fetchTopicMetadata({ topics: [topic] })))),
-            )
+            const found = yield* Effect.result(adminCall(`metadata of ${topic}`, (a) => a.fetchTopicMetadata({ topics: [topic] })))
             if (found._tag === "Success") continue
             const error = found.failure
             if (!isUnknownTopic(error.cause)) {
@@ -134,7 +154,11 @@ export class Publisher extends Context.Service<
         Effect.gen(function* () {
           const messages = records.map((r) => ({ key: r.key, value: r.value, headers: r.headers }))
           const byTopic = new Map<string, Array<(typeof messages)[number]>>()
-          records.forEach((r, i) => byTopic.set(r.topic, [...(byTopic.get(r.topic) ?? []), messages[i]!]))
+          records.forEach((r, i) => {
+            const list = byTopic.get(r.topic) ?? []
+            list.push(messages[i]!)
+            byTopic.set(r.topic, list)
+          })
           yield* ensureConnected
           const replies = yield* attempt("send", () =>
             producer.sendBatch({
@@ -165,8 +189,7 @@ export class Publisher extends Context.Service<
               ),
             )
 
-      const checkReachable = adminReady.pipe(
-        Effect.andThen(attempt("describe cluster", () => admin.describeCluster())),
+      const checkReachable = adminCall("describe cluster", (a) => a.describeCluster()).pipe(
         Effect.mapError((e) =>
           e._tag === "KafkaUnavailable" ? e : new KafkaUnavailable({ message: e.message, producerFenced: false, cause: e }),
         ),

@@ -6,12 +6,39 @@
  * publish stage gives such events back instead. Once the failure is marked, new claims
  * see the failed row and hold the key back by themselves; only batches claimed before
  * that moment still need holding.
+ *
+ * Holding feeds itself, though: a batch held back is handed back at its mark, so the
+ * batch claimed ahead of that mark must be held too, and so on; with the claim stage
+ * always one batch ahead, no batch would ever be published again (seen after a Kafka
+ * outage: every batch `held`, none sent). So after a failure or hand-back, claiming
+ * waits until every batch in flight is marked (`mayClaim`): the next claim comes after
+ * all those marks and needs no holding.
  */
 export class FailedKeys {
   /** Batches whose failure for the key is published but not yet marked. */
   private readonly unmarked = new Map<string, Set<number>>()
   /** When the key's latest failure was marked. */
   private readonly markedAt = new Map<string, number>()
+  /** Batches claimed and not yet marked. */
+  private inFlight = 0
+  /** A key failed or was handed back since the pipeline was last empty. */
+  private draining = false
+
+  /** A batch was claimed (it will be marked, then `done`). */
+  claimed(): void {
+    this.inFlight++
+  }
+
+  /** A batch was marked (or its mark gave up). */
+  done(): void {
+    this.inFlight = Math.max(0, this.inFlight - 1)
+    if (this.inFlight === 0) this.draining = false
+  }
+
+  /** Whether the claim stage may claim now: not while a failure's batches in flight are still unmarked. */
+  get mayClaim(): boolean {
+    return !this.draining
+  }
 
   /** Whether an event of `key` in a batch claimed at `claimedAt` must wait behind an earlier failure. */
   mustWait(key: string | null, claimedAt: number): boolean {
@@ -22,6 +49,7 @@ export class FailedKeys {
   failed(batch: number, keys: Iterable<string | null>): void {
     for (const key of keys) {
       if (key === null) continue
+      this.draining = true
       const batches = this.unmarked.get(key) ?? new Set<number>()
       batches.add(batch)
       this.unmarked.set(key, batches)

@@ -85,13 +85,16 @@ interface Claimed {
 let claimSequence = 0
 
 /** Batches for one trigger: claims again at once while they come back full, so a backlog drains without sleeping. */
-const claimUntilDrained = (held: Held) =>
+const claimUntilDrained = (held: Held, failedKeys: FailedKeys) =>
   Stream.paginate(undefined, () =>
     Effect.gen(function* () {
       const config = yield* RelayConfig
+      // After a failure or hand-back, the batches in flight are marked before the next claim (see FailedKeys).
+      while (!failedKeys.mayClaim) yield* Effect.sleep(Duration.millis(5))
       const claimedAt = Date.now()
       // Untraced: an idle relay claims every poll, and a span each time would bury the publish traces.
       const events = yield* claimBatch(held).pipe(Effect.withTracerEnabled(false))
+      if (events.length > 0) failedKeys.claimed()
       const more = events.length >= config.batchSize && (yield* mayClaim)
       return [
         events.length > 0 ? [{ events, claimedAt, sequence: ++claimSequence }] : [],
@@ -163,7 +166,7 @@ const markPublished =
             const rest = new Set(ids)
             for (const e of claimed.events) rest.delete(e.id)
             return rest
-          }),
+          }).pipe(Effect.andThen(Effect.sync(() => failedKeys.done()))),
         ),
       )
       // Progress counts as a cycle: a long backlog drain must not look like a stalled loop.
@@ -180,7 +183,7 @@ const pipeline = Effect.gen(function* () {
   yield* (yield* triggers).pipe(
     Stream.takeUntilEffect(() => Ref.get(state.stopping)),
     Stream.filterEffect(() => mayClaimOnTrigger),
-    Stream.flatMap(() => claimUntilDrained(held).pipe(Stream.onEnd(recordCycle))),
+    Stream.flatMap(() => claimUntilDrained(held, failedKeys).pipe(Stream.onEnd(recordCycle))),
     // Claim the next batch while this one is published…
     Stream.buffer({ capacity: 1 }),
     Stream.mapEffect(publishClaimed(failedKeys)),

@@ -1,0 +1,57 @@
+/**
+ * Fault 1: the Kafka broker is SIGKILLed mid-stream and started again some seconds later,
+ * while a service keeps writing. Every event must end on Kafka (SENT), none stuck or
+ * dead-lettered by a short outage, keys in order.
+ */
+import { describe, expect, it } from "vitest"
+import { maxId, startDrainTimer, waitDrained, waitSent } from "../support/fault/fault-db.ts"
+import { expectEveryEventAccountedFor, printReport } from "../support/fault/ledger.ts"
+import { sleep, startOwnedBroker } from "../support/fault/processes.ts"
+import { Scenario, settle, stage } from "../support/fault/scenario.ts"
+
+describe("fault: Kafka broker killed", () => {
+  it("relays every event once the SIGKILLed broker is back, none lost, none dead, keys in order", async () => {
+    const s = new Scenario("kafka broker SIGKILL + restart")
+    const broker = await startOwnedBroker()
+    s.defer("broker", broker.stop)
+    s.diagnose("broker log", () => broker.logTail())
+    const st = await stage(s, { label: "kill", brokers: broker.bootstrap })
+
+    const relay = s.startRelay("fault-kill", st.relayEnv)
+    await relay.ready()
+    st.writer.start()
+    await waitSent(st.db, 300)
+
+    await broker.kill()
+    const down = Date.now()
+    await sleep(4_000)
+    await broker.start()
+    const healedAt = Date.now()
+    const backlogTop = await maxId(st.db)
+    // Timed from here, while the writer goes on: the backlog left by the fault drains.
+    const recovered = startDrainTimer(st.db, { upToId: backlogTop, sinceMs: healedAt, timeoutMs: 45_000 })
+    await sleep(2_000)
+    await st.writer.stop()
+
+    const recoverySeconds = await recovered
+    await waitDrained(st.db, { sinceMs: healedAt, timeoutMs: 30_000 })
+    const ledger = await settle(st)
+    printReport({
+      scenario: s.name,
+      ledger,
+      recoverySeconds,
+      wallSeconds: s.elapsedSeconds(),
+      extra: {
+        broker_down_s: ((healedAt - down) / 1000).toFixed(1),
+        circuit_opened: relay.linesWith("Kafka unreachable").length,
+        producer_recreated: relay.linesWith("Kafka producer recreated").length,
+      },
+    })
+
+    expectEveryEventAccountedFor(ledger)
+    expect(ledger.dead, "a short outage dead-letters nothing").toBe(0)
+    expect(relay.running, "the relay rode out the outage").toBe(true)
+    expect(relay.linesWith("Kafka unreachable").length).toBeGreaterThan(0)
+    expect(relay.linesWith("Kafka reachable again").length).toBeGreaterThan(0)
+  }, 120_000)
+})
