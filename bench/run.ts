@@ -8,12 +8,14 @@ import { cpus, totalmem } from "node:os"
 import { Effect } from "effect"
 import { kafkaCeiling, postgresCeiling } from "./scenarios/ceilings.ts"
 import { type DrainResult, drain } from "./scenarios/drain.ts"
+import { soak } from "./scenarios/soak.ts"
 import { type SteadyResult, steadyRate } from "./scenarios/steady-rate.ts"
 import { dropScenario, freshScenario, infrastructure } from "./support/bench-env.ts"
 import { seedRows } from "./support/seed.ts"
 
 const args = new Set(process.argv.slice(2))
 const mode = args.has("--smoke") ? "smoke" : args.has("--full") ? "full" : "default"
+const soakMinutes = args.has("--soak") ? 10 : 0
 const sizes = {
   smoke: { ceiling: 5_000, drain: 5_000, history: 20_000, steadySeconds: 3, rates: [1_000], perTx: [10] },
   default: {
@@ -76,7 +78,9 @@ const program = Effect.gen(function* () {
       }
     }
   }
-  return { kafka, postgres, ceiling, drains, history, historyCost, steady }
+  const soakResult =
+    soakMinutes > 0 ? yield* scenario((env) => soak(env, { minutes: soakMinutes, rate: 2_000, retention: "1m" })) : undefined
+  return { kafka, postgres, ceiling, drains, history, historyCost, steady, soak: soakResult }
 })
 
 const versions = () => {
@@ -106,6 +110,7 @@ const result = {
   drains: r.drains,
   history: { sent_rows: sizes.history, drain_events_per_s: r.history.eventsPerSecond, cost_ratio: r.historyCost },
   steady: r.steady,
+  soak: r.soak,
 }
 mkdirSync(new URL("./results/", import.meta.url), { recursive: true })
 const file = new URL(`./results/${date.slice(0, 19).replaceAll(":", "-")}${mode === "default" ? "" : `-${mode}`}.json`, import.meta.url)
@@ -130,6 +135,13 @@ const rows: Array<[string, string, string]> = [
     `p50 ${fmt(s.p50Ms, 1)} / p95 ${fmt(s.p95Ms, 1)} / p99 ${fmt(s.p99Ms, 1)} ms; backlog at end ${fmt(s.backlogAtEnd)}`,
   ]),
 ]
+if (r.soak !== undefined) {
+  rows.push([
+    `soak ${r.soak.minutes} min at ${fmt(r.soak.rate)}/s, RETENTION=${r.soak.retention}`,
+    `${fmt(r.soak.lastMb, 1)} MB at end`,
+    `peak ${fmt(r.soak.peakMb, 1)} MB; growth over the second half ${fmt(r.soak.secondHalfGrowthMb, 1)} MB`,
+  ])
+}
 const w0 = Math.max(...rows.map((x) => x[0].length))
 const w1 = Math.max(...rows.map((x) => x[1].length))
 process.stdout.write(`\noutbox-relay bench (${mode}) — ${result.machine.cpu}, ${result.machine.cores} cores\n\n`)

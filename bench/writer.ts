@@ -19,6 +19,8 @@ const perTx = Number(env("PER_TX"))
 const seconds = Number(env("SECONDS"))
 const transactions = Math.round((rate * seconds) / perTx)
 const intervalMs = (1000 * perTx) / rate
+// A soak writes for minutes: it needs the load, not every commit time.
+const keepTimes = process.env.NO_TIMES === undefined
 
 const program = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
@@ -43,6 +45,7 @@ const program = Effect.gen(function* () {
           SELECT dedup_key, event_type, aggregate_key, ${payload}::jsonb, request_id
             FROM jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) AS e(dedup_key text, event_type text, aggregate_key text, request_id text)`
         const at = Date.now()
+        if (!keepTimes) return
         for (const r of rows) committed.push([r.dedup_key, at])
       }),
     // Enough connections in flight to hold the schedule; the pool bounds it.
