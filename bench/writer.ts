@@ -33,6 +33,8 @@ const program = Effect.gen(function* () {
     (i) =>
       Effect.gen(function* () {
         const due = start + i * intervalMs
+        // A writer that cannot keep the rate stops at the deadline: what it wrote is its rate.
+        if (Date.now() > start + seconds * 1000) return
         const wait = due - Date.now()
         if (wait > 0) yield* Effect.sleep(wait)
         else maxBehindMs = Math.max(maxBehindMs, -wait)

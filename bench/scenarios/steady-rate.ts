@@ -90,8 +90,8 @@ export const steadyRate = (env: BenchEnv, o: { rate: number; perTx: number; seco
       .map(([key, at]) => (received.get(key) ?? Number.NaN) - at)
       .filter((ms) => !Number.isNaN(ms))
       .sort((a, b) => a - b)
-    const lastReceipt = Math.max(...received.values())
-    const firstCommit = Math.min(...writer.committed.map(([, at]) => at))
+    const lastReceipt = [...received.values()].reduce((a, b) => Math.max(a, b), 0)
+    const firstCommit = writer.committed.reduce((a, [, at]) => Math.min(a, at), Number.POSITIVE_INFINITY)
     return {
       ...o,
       written: writer.committed.length,
