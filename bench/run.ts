@@ -43,6 +43,13 @@ const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFracti
 const scenario = <A>(f: (env: Effect.Success<ReturnType<typeof freshScenario>>) => Effect.Effect<A, unknown>) =>
   Effect.acquireUseRelease(freshScenario(infrastructure(), PARTITIONS), f, dropScenario)
 
+// `--soak-only`: just the soak (e.g. against a PostgreSQL given by DATABASE_URL whose autovacuum is on).
+if (args.has("--soak-only")) {
+  const r = await Effect.runPromise(scenario((env) => soak(env, { minutes: 10, rate: 2_000, retention: "1m" })))
+  process.stdout.write(`${JSON.stringify(r, null, 2)}\n`)
+  process.exit(0)
+}
+
 const program = Effect.gen(function* () {
   log(`mode ${mode}; sizes ${JSON.stringify(sizes)}`)
   const kafka = yield* scenario((env) => kafkaCeiling(env, sizes.ceiling))
