@@ -4,10 +4,10 @@
  * dead-lettered by a short outage, keys in order.
  */
 import { describe, expect, it } from "vitest"
-import { maxId, startDrainTimer, waitDrained, waitSent } from "../support/fault/fault-db.ts"
+import { waitSent } from "../support/fault/fault-db.ts"
 import { expectEveryEventAccountedFor, printReport } from "../support/fault/ledger.ts"
 import { sleep, startOwnedBroker } from "../support/fault/processes.ts"
-import { Scenario, settle, stage } from "../support/fault/scenario.ts"
+import { recoverAndSettle, Scenario, stage } from "../support/fault/scenario.ts"
 
 describe("fault: Kafka broker killed", () => {
   it("relays every event once the SIGKILLed broker is back, none lost, none dead, keys in order", async () => {
@@ -27,15 +27,8 @@ describe("fault: Kafka broker killed", () => {
     await sleep(4_000)
     await broker.start()
     const healedAt = Date.now()
-    const backlogTop = await maxId(st.db)
     // Timed from here, while the writer goes on: the backlog left by the fault drains.
-    const recovered = startDrainTimer(st.db, { upToId: backlogTop, sinceMs: healedAt, timeoutMs: 45_000 })
-    await sleep(2_000)
-    await st.writer.stop()
-
-    const recoverySeconds = await recovered
-    await waitDrained(st.db, { sinceMs: healedAt, timeoutMs: 30_000 })
-    const ledger = await settle(st)
+    const { recoverySeconds, ledger } = await recoverAndSettle(st, healedAt)
     printReport({
       scenario: s.name,
       ledger,

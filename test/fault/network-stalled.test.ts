@@ -5,10 +5,10 @@
  * The broker advertises the proxy's port, so every client connection goes through it.
  */
 import { describe, expect, it } from "vitest"
-import { maxId, startDrainTimer, waitDrained, waitSent } from "../support/fault/fault-db.ts"
+import { waitSent } from "../support/fault/fault-db.ts"
 import { expectEveryEventAccountedFor, printReport } from "../support/fault/ledger.ts"
 import { sleep, startOwnedBroker } from "../support/fault/processes.ts"
-import { Scenario, settle, stage } from "../support/fault/scenario.ts"
+import { recoverAndSettle, Scenario, stage } from "../support/fault/scenario.ts"
 import { StallingProxy } from "../support/fault/tcp-proxy.ts"
 
 describe("fault: network to the broker stalls", () => {
@@ -32,15 +32,8 @@ describe("fault: network to the broker stalls", () => {
     await sleep(6_000)
     proxy.heal()
     const healedAt = Date.now()
-    const backlogTop = await maxId(st.db)
     // Timed from here, while the writer goes on: the backlog left by the fault drains.
-    const recovered = startDrainTimer(st.db, { upToId: backlogTop, sinceMs: healedAt, timeoutMs: 45_000 })
-    await sleep(2_000)
-    await st.writer.stop()
-
-    const recoverySeconds = await recovered
-    await waitDrained(st.db, { sinceMs: healedAt, timeoutMs: 30_000 })
-    const ledger = await settle(st)
+    const { recoverySeconds, ledger } = await recoverAndSettle(st, healedAt)
     printReport({
       scenario: s.name,
       ledger,

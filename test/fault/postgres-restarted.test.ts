@@ -4,10 +4,10 @@
  * its inserts. Every committed event ends on Kafka, keys in order, the relay never exits.
  */
 import { describe, expect, it } from "vitest"
-import { maxId, migrateWithCli, startDrainTimer, waitDrained, waitSent, waitUntilHolding } from "../support/fault/fault-db.ts"
+import { migrateWithCli, waitDrained, waitSent, waitUntilHolding } from "../support/fault/fault-db.ts"
 import { expectEveryEventAccountedFor, printReport } from "../support/fault/ledger.ts"
 import { type OwnedCluster, sleep, startOwnedCluster } from "../support/fault/processes.ts"
-import { Scenario, settle, stage } from "../support/fault/scenario.ts"
+import { recoverAndSettle, Scenario, settle, stage } from "../support/fault/scenario.ts"
 
 const ownedCluster = async (s: Scenario): Promise<OwnedCluster> => {
   const cluster = await startOwnedCluster()
@@ -32,15 +32,8 @@ describe("fault: PostgreSQL restarted", () => {
     await sleep(3_000)
     await cluster.start()
     const healedAt = Date.now()
-    const backlogTop = await maxId(st.db)
     // Timed from here, while the writer goes on: the backlog left by the fault drains.
-    const recovered = startDrainTimer(st.db, { upToId: backlogTop, sinceMs: healedAt, timeoutMs: 45_000 })
-    await sleep(2_000)
-    await st.writer.stop()
-
-    const recoverySeconds = await recovered
-    await waitDrained(st.db, { sinceMs: healedAt, timeoutMs: 30_000 })
-    const ledger = await settle(st)
+    const { recoverySeconds, ledger } = await recoverAndSettle(st, healedAt)
     printReport({
       scenario: s.name,
       ledger,

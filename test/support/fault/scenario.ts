@@ -4,7 +4,7 @@
  */
 import { inject, onTestFinished } from "vitest"
 import { DEFAULT_PLAN, EventWriter } from "./event-writer.ts"
-import { type Db, openDb, readOutbox, scenarioDatabase } from "./fault-db.ts"
+import { type Db, maxId, openDb, readOutbox, scenarioDatabase, startDrainTimer, waitDrained } from "./fault-db.ts"
 import { createScenarioTopics, readAll, type ScenarioTopics } from "./kafka-readback.ts"
 import { account, type Ledger } from "./ledger.ts"
 import { RelayProcess } from "./relay-process.ts"
@@ -133,3 +133,17 @@ export const settle = async (st: Stage, topicMap: Readonly<Record<string, string
     topicMap,
     dlqTopic: st.topics.dlq,
   })
+
+/**
+ * After a fault is healed: times how long the backlog it left takes to drain while the
+ * writer goes on for two more seconds, then waits for everything and counts every event.
+ */
+export const recoverAndSettle = async (st: Stage, healedAt: number): Promise<{ recoverySeconds: number; ledger: Ledger }> => {
+  const backlogTop = await maxId(st.db)
+  const recovered = startDrainTimer(st.db, { upToId: backlogTop, sinceMs: healedAt, timeoutMs: 45_000 })
+  await new Promise((resolve) => setTimeout(resolve, 2_000))
+  await st.writer.stop()
+  const recoverySeconds = await recovered
+  await waitDrained(st.db, { sinceMs: healedAt, timeoutMs: 30_000 })
+  return { recoverySeconds, ledger: await settle(st) }
+}
