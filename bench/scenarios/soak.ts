@@ -2,15 +2,12 @@
  * A long steady write with retention on: the table and its indexes should grow for about
  * RETENTION plus one retention pass, then level off, not grow for as long as the run lasts.
  */
-import { execFile } from "node:child_process"
-import { fileURLToPath } from "node:url"
 import { Effect, Fiber } from "effect"
 import { SqlClient } from "effect/sql"
 import { type BenchEnv, sqlLayer } from "../support/bench-env.ts"
 import { startRelay } from "../support/relay-process.ts"
+import { runWriter } from "../support/writer-process.ts"
 import { relayEnv } from "./drain.ts"
-
-const WRITER = fileURLToPath(new URL("../writer.ts", import.meta.url))
 
 export interface SoakSample {
   readonly atSeconds: number
@@ -39,24 +36,7 @@ export const soak = (env: BenchEnv, o: { minutes: number; rate: number; retentio
     yield* startRelay(relayEnv(env, { RETENTION: o.retention }))
     const startedAt = Date.now()
     const writer = yield* Effect.forkChild(
-      Effect.callback<void, Error>((resume) => {
-        execFile(
-          process.execPath,
-          [WRITER],
-          {
-            env: {
-              PATH: process.env.PATH ?? "",
-              DATABASE_URL: env.databaseUrl,
-              RATE: String(o.rate),
-              PER_TX: "10",
-              SECONDS: String(o.minutes * 60),
-              NO_TIMES: "1",
-            },
-            maxBuffer: 1 << 26,
-          },
-          (error, _stdout, stderr) => resume(error ? Effect.fail(new Error(`writer failed: ${stderr}`)) : Effect.void),
-        )
-      }),
+      runWriter(env.databaseUrl, { rate: o.rate, perTx: 10, seconds: o.minutes * 60, keepTimes: false }),
     )
     const samples: Array<SoakSample> = []
     while (Date.now() - startedAt < o.minutes * 60_000) {

@@ -2,17 +2,14 @@
  * A writer process inserting at a fixed rate while one relay runs; a consumer measures,
  * per event, the time from the writer's COMMIT returning to the consumer receiving it.
  */
-import { execFile } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 import { Kafka } from "../../src/kafka/kafkajs.ts"
 import type { BenchEnv } from "../support/bench-env.ts"
 import { startRelay } from "../support/relay-process.ts"
 import { pendingCount } from "../support/seed.ts"
+import { runWriter } from "../support/writer-process.ts"
 import { relayEnv } from "./drain.ts"
-
-const WRITER = fileURLToPath(new URL("../writer.ts", import.meta.url))
 
 export interface SteadyResult {
   readonly rate: number
@@ -58,31 +55,11 @@ const startConsumer = (env: BenchEnv) =>
     ({ consumer }) => Effect.promise(() => consumer.disconnect()),
   )
 
-const runWriter = (env: BenchEnv, o: { rate: number; perTx: number; seconds: number }) =>
-  Effect.callback<{ committed: Array<[string, number]>; maxBehindMs: number; elapsedMs: number }, Error>((resume) => {
-    execFile(
-      process.execPath,
-      [WRITER],
-      {
-        env: {
-          PATH: process.env.PATH ?? "",
-          DATABASE_URL: env.databaseUrl,
-          RATE: String(o.rate),
-          PER_TX: String(o.perTx),
-          SECONDS: String(o.seconds),
-        },
-        maxBuffer: 1 << 30,
-      },
-      (error, stdout, stderr) =>
-        error ? resume(Effect.fail(new Error(`writer failed: ${stderr}`))) : resume(Effect.succeed(JSON.parse(stdout))),
-    )
-  })
-
 export const steadyRate = (env: BenchEnv, o: { rate: number; perTx: number; seconds: number; notify: boolean }) =>
   Effect.gen(function* () {
     yield* startRelay(relayEnv(env, { LISTEN_NOTIFY: String(o.notify) }))
     const { received } = yield* startConsumer(env)
-    const writer = yield* runWriter(env, o)
+    const writer = yield* runWriter(env.databaseUrl, { ...o, keepTimes: true })
     const backlogAtEnd = yield* pendingCount(env.databaseUrl)
     const deadline = Date.now() + 30_000
     while (received.size < writer.committed.length && Date.now() < deadline) yield* Effect.sleep("100 millis")
