@@ -79,8 +79,11 @@ const lostFrom = (requested: ReadonlyArray<{ readonly id: string }>, marked: Rea
 export class OutboxStore extends Context.Service<
   OutboxStore,
   {
-    /** Leases up to `limit` due rows, oldest first, keeping each aggregate_key in id order. */
-    readonly claimDue: (limit: number) => Effect.Effect<ReadonlyArray<ClaimedEvent>, DatabaseError>
+    /**
+     * Leases up to `limit` due rows, oldest first, keeping each aggregate_key in id order.
+     * `after`: only rows with a greater id (a drain's cursor past its own batches in flight).
+     */
+    readonly claimDue: (limit: number, after?: string) => Effect.Effect<ReadonlyArray<ClaimedEvent>, DatabaseError>
     readonly markSent: (marks: ReadonlyArray<SentMark>) => Effect.Effect<MarkResult, DatabaseError>
     readonly markFailed: (marks: ReadonlyArray<FailedMark>) => Effect.Effect<MarkResult, DatabaseError>
     readonly markDead: (marks: ReadonlyArray<DeadMark>) => Effect.Effect<MarkResult, DatabaseError>
@@ -98,7 +101,7 @@ export class OutboxStore extends Context.Service<
       const me = yield* InstanceId
       const leaseSeconds = config.leaseMs / 1000
 
-      const claimDue = (limit: number) =>
+      const claimDue = (limit: number, after = "0") =>
         // SKIP LOCKED lets instances claim side by side without waiting on each other.
         // A keyed row is eligible only when every older pending row of its key is in
         // this same claim, or already leased by this instance (claimed earlier, so it is
@@ -106,12 +109,14 @@ export class OutboxStore extends Context.Service<
         // if an earlier batch fails). A row held by another instance, or waiting for its
         // retry, holds back the later rows of its key (and only of its key). Two
         // concurrent claims cannot split a key: the older row is locked or leased by one
-        // of them, so the other skips the later row.
+        // of them, so the other skips the later row. `after` narrows only where the walk
+        // starts, never the ordering check, which still sees every older pending row.
         sql<ClaimRow>`
           WITH candidates AS MATERIALIZED (
             SELECT id, aggregate_key, locked_by
               FROM outbox_event
              WHERE status IN ('NEW', 'FAILED')
+               AND id > ${after}::bigint
                AND next_attempt_at <= now()
                AND (locked_until IS NULL OR locked_until < now())
              ORDER BY id

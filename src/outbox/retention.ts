@@ -16,11 +16,23 @@ export const deleteExpiredSent = Effect.fn("Retention.deleteExpiredSent")(functi
   const sql = yield* SqlClient.SqlClient
   let total = 0
   for (;;) {
-    // Oldest ids first: expired rows sit at the low end of the primary key, so the scan stops early.
+    // A row created after the cutoff cannot have been sent before it (sent_at >= created_at),
+    // and ids grow with created_at. So only ids below the first row created after the cutoff
+    // are read: when nothing has expired that is the first row, and the pass costs nothing
+    // however much SENT history the table keeps (scanning it for `sent_at < cutoff` would
+    // read the whole table every minute). A row written by a transaction that ran for long
+    // may sit above the bound with an older created_at; it goes once the bound passes it.
     const deleted = yield* sql`
-      WITH expired AS (
+      WITH cutoff AS (
+        SELECT now() - make_interval(secs => ${retentionMs / 1000}) AS at
+      ), bound AS (
+        SELECT coalesce(
+          (SELECT id FROM outbox_event WHERE created_at >= (SELECT at FROM cutoff) ORDER BY id LIMIT 1),
+          9223372036854775807) AS id
+      ), expired AS (
         SELECT id FROM outbox_event
-         WHERE status = 'SENT' AND sent_at < now() - make_interval(secs => ${retentionMs / 1000})
+         WHERE id < (SELECT id FROM bound)
+           AND status = 'SENT' AND sent_at < (SELECT at FROM cutoff)
          ORDER BY id
          LIMIT ${BATCH}
          FOR UPDATE SKIP LOCKED

@@ -23,12 +23,14 @@ import { RelayState } from "./relay-state.ts"
 
 type Held = Ref.Ref<ReadonlySet<string>>
 
-const claimBatch = Effect.fn("Relay.claimBatch")(function* (held: Held) {
+const claimBatch = Effect.fn("Relay.claimBatch")(function* (held: Held, after: string) {
   const store = yield* OutboxStore
   const config = yield* RelayConfig
   // Claiming and recording the lease as held happen together, so a stop in between cannot orphan it.
   const batch = yield* Effect.uninterruptible(
-    store.claimDue(config.batchSize).pipe(Effect.tap((events) => Ref.update(held, (ids) => new Set([...ids, ...events.map((e) => e.id)])))),
+    store
+      .claimDue(config.batchSize, after)
+      .pipe(Effect.tap((events) => Ref.update(held, (ids) => new Set([...ids, ...events.map((e) => e.id)])))),
   )
   if (batch.length > 0) yield* Metric.update(batchSizeMetric, batch.length)
   const takenOver = batch.filter((e) => e.takenOverFrom !== null)
@@ -84,21 +86,38 @@ interface Claimed {
 
 let claimSequence = 0
 
+/**
+ * Where a drain's next claim starts. While batches come back full, each claim starts after
+ * the last id of the one before: the rows below are this instance's batches in flight (or
+ * rows it had to skip), and walking past up to three batches of leased rows on every claim
+ * made the claim the costliest statement of a pipelined drain. A pass restarts from the
+ * lowest id at each trigger and at least every POLL_INTERVAL_MS, so a skipped row (locked by
+ * another instance, held back behind its key, a retry that came due, a lower id committed
+ * late) waits no longer than an idle relay's poll would make it.
+ */
+interface Cursor {
+  readonly after: string
+  readonly passStartedAt: number
+}
+
+const startOfPass = (): Cursor => ({ after: "0", passStartedAt: Date.now() })
+
 /** Batches for one trigger: claims again at once while they come back full, so a backlog drains without sleeping. */
 const claimUntilDrained = (held: Held, failedKeys: FailedKeys) =>
-  Stream.paginate(undefined, () =>
+  Stream.paginate(startOfPass(), (cursor) =>
     Effect.gen(function* () {
       const config = yield* RelayConfig
       // After a failure or hand-back, the batches in flight are marked before the next claim (see FailedKeys).
       while (!failedKeys.mayClaim) yield* Effect.sleep(Duration.millis(5))
       const claimedAt = Date.now()
+      const from = claimedAt - cursor.passStartedAt > config.pollIntervalMs ? startOfPass() : cursor
       // Untraced: an idle relay claims every poll, and a span each time would bury the publish traces.
-      const events = yield* claimBatch(held).pipe(Effect.withTracerEnabled(false))
+      const events = yield* claimBatch(held, from.after).pipe(Effect.withTracerEnabled(false))
       if (events.length > 0) failedKeys.claimed()
       const more = events.length >= config.batchSize && (yield* mayClaim)
       return [
         events.length > 0 ? [{ events, claimedAt, sequence: ++claimSequence }] : [],
-        more ? Option.some(undefined) : Option.none(),
+        more ? Option.some({ after: events.at(-1)!.id, passStartedAt: from.passStartedAt }) : Option.none(),
       ] as const
     }),
   )

@@ -2,8 +2,11 @@
  * Feeds outbox_new_count, outbox_failed_count and outbox_relay_lag_seconds from the
  * database every GAUGE_REFRESH_MS, in a background fiber for the life of the layer.
  * A failed read keeps the last values (and says so in the log); the next one retries.
+ * The count grows with the backlog (~0.4 s of PostgreSQL CPU for 100k pending rows on a
+ * cold cache), so reads are spaced to at least 20× their own duration: the gauges never
+ * take more than ~5 % of a core from the relay they watch, however deep the backlog.
  */
-import { Duration, Effect, Layer, Metric, Schedule } from "effect"
+import { Duration, Effect, Layer, Metric } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import { OutboxBacklog } from "../outbox/backlog.ts"
 import { failedCount, newCount, relayLagSeconds } from "./metrics.ts"
@@ -24,8 +27,13 @@ export const BacklogGaugesLive = Layer.effectDiscard(
         Effect.logWarning("backlog gauges not refreshed").pipe(Effect.annotateLogs({ error: e.message })),
       ),
     )
-    yield* refresh.pipe(
-      Effect.repeat(Schedule.spaced(Duration.millis(config.gaugeRefreshMs))),
+    const refreshThenWait = Effect.gen(function* () {
+      const started = Date.now()
+      yield* refresh
+      yield* Effect.sleep(Duration.millis(Math.max(config.gaugeRefreshMs, 20 * (Date.now() - started))))
+    })
+    yield* refreshThenWait.pipe(
+      Effect.forever,
       // A query every few seconds is housekeeping, not something to trace.
       Effect.withTracerEnabled(false),
       Effect.forkScoped,

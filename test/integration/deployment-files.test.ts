@@ -401,7 +401,7 @@ describe("Dockerfile", () => {
     expect(await exitCode(closedPort)).toBe(1)
   })
 
-  it("sends only the manifests and src/ as build context (.dockerignore allow-list)", () => {
+  it("sends only the manifests, src/ and the kafkajs patch as build context (.dockerignore allow-list)", () => {
     const ignore = read(".dockerignore")
       .split("\n")
       .map((l) => l.trim())
