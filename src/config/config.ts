@@ -86,6 +86,11 @@ export const settings = {
     true,
   ),
   pollIntervalMs: Settings.int("POLL_INTERVAL_MS", "Milliseconds between claims while idle", { min: 200, max: 1000, default: 500 }),
+  busyPollIntervalMs: Settings.int(
+    "BUSY_POLL_INTERVAL_MS",
+    "Milliseconds between claims while rows keep arriving (until a POLL_INTERVAL_MS passes without any)",
+    { min: 5, max: 1000, default: 20 },
+  ),
   batchSize: Settings.int("BATCH_SIZE", "Rows claimed and published per batch", { min: 100, max: 1000, default: 500 }),
   leaseMs: Settings.int("LEASE_MS", "How long a claim is held before another instance may take it over", {
     min: 1000,

@@ -69,13 +69,21 @@ const mayClaimOnTrigger = Effect.gen(function* () {
 /**
  * Poll ticks merged with insert wake-ups. The sliding buffer of one coalesces
  * whatever arrives while a cycle runs into a single next trigger, so a burst of
- * inserts costs one extra claim, not one per insert.
+ * inserts costs one extra claim, not one per insert. While rows keep arriving (a claim
+ * found some less than POLL_INTERVAL_MS ago) the poll runs at BUSY_POLL_INTERVAL_MS:
+ * under load, latency then does not hang on NOTIFY, which high-rate writers may turn off
+ * because it serialises their commits, and an idle relay still costs one claim per interval.
  */
-const triggers = Effect.gen(function* () {
-  const config = yield* RelayConfig
-  const ticks = Stream.tick(Duration.millis(config.pollIntervalMs))
-  return (config.listenNotify ? ticks.pipe(Stream.merge(insertWakeUps)) : ticks).pipe(Stream.buffer({ capacity: 1, strategy: "sliding" }))
-})
+const triggers = (rowsSeenAt: Ref.Ref<number>) =>
+  Effect.gen(function* () {
+    const config = yield* RelayConfig
+    const idleTicks = Stream.tick(Duration.millis(config.pollIntervalMs))
+    const busyTicks = Stream.tick(Duration.millis(config.busyPollIntervalMs)).pipe(
+      Stream.filterEffect(() => Ref.get(rowsSeenAt).pipe(Effect.map((at) => Date.now() - at < config.pollIntervalMs))),
+    )
+    const ticks = Stream.merge(idleTicks, busyTicks)
+    return (config.listenNotify ? ticks.pipe(Stream.merge(insertWakeUps)) : ticks).pipe(Stream.buffer({ capacity: 1, strategy: "sliding" }))
+  })
 
 interface Claimed {
   readonly events: ReadonlyArray<ClaimedEvent>
@@ -103,7 +111,7 @@ interface Cursor {
 const startOfPass = (): Cursor => ({ after: "0", passStartedAt: Date.now() })
 
 /** Batches for one trigger: claims again at once while they come back full, so a backlog drains without sleeping. */
-const claimUntilDrained = (held: Held, failedKeys: FailedKeys) =>
+const claimUntilDrained = (held: Held, failedKeys: FailedKeys, rowsSeenAt: Ref.Ref<number>) =>
   Stream.paginate(startOfPass(), (cursor) =>
     Effect.gen(function* () {
       const config = yield* RelayConfig
@@ -113,7 +121,10 @@ const claimUntilDrained = (held: Held, failedKeys: FailedKeys) =>
       const from = claimedAt - cursor.passStartedAt > config.pollIntervalMs ? startOfPass() : cursor
       // Untraced: an idle relay claims every poll, and a span each time would bury the publish traces.
       const events = yield* claimBatch(held, from.after).pipe(Effect.withTracerEnabled(false))
-      if (events.length > 0) failedKeys.claimed()
+      if (events.length > 0) {
+        failedKeys.claimed()
+        yield* Ref.set(rowsSeenAt, claimedAt)
+      }
       const more = events.length >= config.batchSize && (yield* mayClaim)
       return [
         events.length > 0 ? [{ events, claimedAt, sequence: ++claimSequence }] : [],
@@ -199,10 +210,11 @@ const pipeline = Effect.gen(function* () {
   const store = yield* OutboxStore
   const held = yield* Ref.make<ReadonlySet<string>>(new Set())
   const failedKeys = new FailedKeys()
-  yield* (yield* triggers).pipe(
+  const rowsSeenAt = yield* Ref.make(0)
+  yield* (yield* triggers(rowsSeenAt)).pipe(
     Stream.takeUntilEffect(() => Ref.get(state.stopping)),
     Stream.filterEffect(() => mayClaimOnTrigger),
-    Stream.flatMap(() => claimUntilDrained(held, failedKeys).pipe(Stream.onEnd(recordCycle))),
+    Stream.flatMap(() => claimUntilDrained(held, failedKeys, rowsSeenAt).pipe(Stream.onEnd(recordCycle))),
     // Claim the next batch while this one is published…
     Stream.buffer({ capacity: 1 }),
     Stream.mapEffect(publishClaimed(failedKeys)),

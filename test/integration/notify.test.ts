@@ -124,4 +124,52 @@ describe("LISTEN/NOTIFY wake-ups", () => {
       }),
     120_000,
   )
+
+  it.live(
+    "without NOTIFY, events that keep arriving are claimed at BUSY_POLL_INTERVAL_MS, not at POLL_INTERVAL_MS",
+    () =>
+      Effect.gen(function* () {
+        const db = yield* testDatabase()
+        const topics = yield* withTestTopics(["search_click"])
+        const { receivedAt } = yield* liveConsumer(topics.map.search_click!)
+        const sql = Context.get(yield* Layer.build(sqlLayer(db.url)), SqlClient.SqlClient)
+        yield* startRelay(
+          relayConfig(db.url, {
+            ...topics.env,
+            POLL_INTERVAL_MS: String(POLL_INTERVAL_MS),
+            BUSY_POLL_INTERVAL_MS: "20",
+            LISTEN_NOTIFY: "false",
+          }),
+        )
+        const insert = (dedupKey: string) =>
+          sql`INSERT INTO outbox_event (dedup_key, event_type, payload) VALUES (${dedupKey}, 'search_click', '{}'::jsonb)`.pipe(
+            Effect.orDie,
+            Effect.map(() => [dedupKey, Date.now()] as const),
+          )
+        // The first event waits for an idle poll; once it is through, rows are arriving.
+        const [warmUp] = yield* insert("warm-up")
+        yield* eventually(
+          Effect.sync(() => receivedAt.has(warmUp)),
+          (has) => has,
+          10_000,
+          "warm-up event received",
+        )
+        // Then a stream of events 50 ms apart for 2 s, each of which should not wait for the idle poll.
+        const stream = yield* Effect.forEach(
+          Array.from({ length: 40 }, (_, i) => i),
+          (i) => insert(`busy-${i}`).pipe(Effect.tap(() => Effect.sleep("50 millis"))),
+        )
+        yield* eventually(
+          Effect.sync(() => stream.every(([key]) => receivedAt.has(key))),
+          (all) => all,
+          10_000,
+          "every streamed event received",
+        )
+        const latencies = stream.map(([key, at]) => receivedAt.get(key)! - at)
+        console.log(`busy polling, LISTEN_NOTIFY=false, POLL_INTERVAL_MS=${POLL_INTERVAL_MS}: latencies [${latencies.join(", ")}] ms`)
+        for (const ms of latencies) expect(ms).toBeLessThan(POLL_INTERVAL_MS / 2)
+        expect(median(latencies)).toBeLessThan(200)
+      }),
+    60_000,
+  )
 })
