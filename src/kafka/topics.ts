@@ -37,7 +37,10 @@ export const ensureTopics = (
         const existing = new Set(yield* attempt(() => admin.listTopics()))
         const missing = [...new Set(topics)].filter((t) => !existing.has(t))
         if (missing.length === 0) return
-        yield* attempt(() => admin.createTopics({ topics: missing.map((topic) => ({ topic, numPartitions, replicationFactor: 1 })) }))
+        // waitForLeaders: false — kafkajs' own wait (on by default) is the one that gives up; ours follows.
+        yield* attempt(() =>
+          admin.createTopics({ waitForLeaders: false, topics: missing.map((topic) => ({ topic, numPartitions, replicationFactor: 1 })) }),
+        )
         yield* awaitLeaders(admin, missing)
       }),
     (admin) => Effect.promise(() => admin.disconnect()),
