@@ -5,9 +5,9 @@
  */
 import { describe, expect, it } from "vitest"
 import { waitSent } from "../support/fault/fault-db.ts"
-import { expectEveryEventAccountedFor, printReport } from "../support/fault/ledger.ts"
-import { sleep, startOwnedBroker } from "../support/fault/processes.ts"
-import { recoverAndSettle, Scenario, stage } from "../support/fault/scenario.ts"
+import { expectEveryEventAccountedFor } from "../support/fault/ledger.ts"
+import { startOwnedBroker } from "../support/fault/processes.ts"
+import { outage, Scenario, stage } from "../support/fault/scenario.ts"
 
 describe("fault: Kafka broker killed", () => {
   it("relays every event once the SIGKILLed broker is back, none lost, none dead, keys in order", async () => {
@@ -22,23 +22,15 @@ describe("fault: Kafka broker killed", () => {
     st.writer.start()
     await waitSent(st.db, 300)
 
-    await broker.kill()
-    const down = Date.now()
-    await sleep(4_000)
-    await broker.start()
-    const healedAt = Date.now()
-    // Timed from here, while the writer goes on: the backlog left by the fault drains.
-    const { recoverySeconds, ledger } = await recoverAndSettle(st, healedAt)
-    printReport({
-      scenario: s.name,
-      ledger,
-      recoverySeconds,
-      wallSeconds: s.elapsedSeconds(),
-      extra: {
-        broker_down_s: ((healedAt - down) / 1000).toFixed(1),
+    const ledger = await outage(s, st, {
+      breakIt: () => broker.kill(),
+      forMs: 4_000,
+      heal: () => broker.start(),
+      extra: (downSeconds) => ({
+        broker_down_s: downSeconds,
         circuit_opened: relay.linesWith("Kafka unreachable").length,
         producer_recreated: relay.linesWith("Kafka producer recreated").length,
-      },
+      }),
     })
 
     expectEveryEventAccountedFor(ledger)

@@ -6,9 +6,9 @@
  */
 import { describe, expect, it } from "vitest"
 import { waitSent } from "../support/fault/fault-db.ts"
-import { expectEveryEventAccountedFor, printReport } from "../support/fault/ledger.ts"
-import { sleep, startOwnedBroker } from "../support/fault/processes.ts"
-import { recoverAndSettle, Scenario, stage } from "../support/fault/scenario.ts"
+import { expectEveryEventAccountedFor } from "../support/fault/ledger.ts"
+import { startOwnedBroker } from "../support/fault/processes.ts"
+import { outage, Scenario, stage } from "../support/fault/scenario.ts"
 import { StallingProxy } from "../support/fault/tcp-proxy.ts"
 
 describe("fault: network to the broker stalls", () => {
@@ -27,24 +27,16 @@ describe("fault: network to the broker stalls", () => {
     st.writer.start()
     await waitSent(st.db, 300)
 
-    proxy.stall()
-    const stalledAt = Date.now()
-    await sleep(6_000)
-    proxy.heal()
-    const healedAt = Date.now()
-    // Timed from here, while the writer goes on: the backlog left by the fault drains.
-    const { recoverySeconds, ledger } = await recoverAndSettle(st, healedAt)
-    printReport({
-      scenario: s.name,
-      ledger,
-      recoverySeconds,
-      wallSeconds: s.elapsedSeconds(),
-      extra: {
-        stalled_s: ((healedAt - stalledAt) / 1000).toFixed(1),
+    const ledger = await outage(s, st, {
+      breakIt: () => proxy.stall(),
+      forMs: 6_000,
+      heal: () => proxy.heal(),
+      extra: (downSeconds) => ({
+        stalled_s: downSeconds,
         proxy_connections: proxy.connections,
         producer_recreated: relay.linesWith("Kafka producer recreated").length,
         circuit_opened: relay.linesWith("Kafka unreachable").length,
-      },
+      }),
     })
 
     expectEveryEventAccountedFor(ledger)

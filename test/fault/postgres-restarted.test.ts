@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest"
 import { migrateWithCli, waitDrained, waitSent, waitUntilHolding } from "../support/fault/fault-db.ts"
 import { expectEveryEventAccountedFor, printReport } from "../support/fault/ledger.ts"
 import { type OwnedCluster, sleep, startOwnedCluster } from "../support/fault/processes.ts"
-import { recoverAndSettle, Scenario, settle, stage } from "../support/fault/scenario.ts"
+import { outage, Scenario, settle, stage } from "../support/fault/scenario.ts"
 
 const ownedCluster = async (s: Scenario): Promise<OwnedCluster> => {
   const cluster = await startOwnedCluster()
@@ -27,25 +27,17 @@ describe("fault: PostgreSQL restarted", () => {
     st.writer.start()
     await waitSent(st.db, 300)
 
-    await cluster.kill()
-    const down = Date.now()
-    await sleep(3_000)
-    await cluster.start()
-    const healedAt = Date.now()
-    // Timed from here, while the writer goes on: the backlog left by the fault drains.
-    const { recoverySeconds, ledger } = await recoverAndSettle(st, healedAt)
-    printReport({
-      scenario: s.name,
-      ledger,
-      recoverySeconds,
-      wallSeconds: s.elapsedSeconds(),
-      extra: {
-        db_down_s: ((healedAt - down) / 1000).toFixed(1),
+    const ledger = await outage(s, st, {
+      breakIt: () => cluster.kill(),
+      forMs: 3_000,
+      heal: () => cluster.start(),
+      extra: (downSeconds) => ({
+        db_down_s: downSeconds,
         writer_retries: st.writer.failedInserts,
         loop_restarts: relay.linesWith("relay loop failed").length,
         mark_retries: relay.linesWith("marking failed").length,
         takeovers: relay.linesWith("took over rows whose lease expired").length,
-      },
+      }),
     })
 
     expectEveryEventAccountedFor(ledger)

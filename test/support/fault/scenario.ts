@@ -6,7 +6,8 @@ import { inject, onTestFinished } from "vitest"
 import { DEFAULT_PLAN, EventWriter } from "./event-writer.ts"
 import { type Db, maxId, openDb, readOutbox, scenarioDatabase, startDrainTimer, waitDrained } from "./fault-db.ts"
 import { createScenarioTopics, readAll, type ScenarioTopics } from "./kafka-readback.ts"
-import { account, type Ledger } from "./ledger.ts"
+import { account, type Ledger, printReport } from "./ledger.ts"
+import { sleep } from "./processes.ts"
 import { RelayProcess } from "./relay-process.ts"
 
 export class Scenario {
@@ -146,4 +147,36 @@ export const recoverAndSettle = async (st: Stage, healedAt: number): Promise<{ r
   const recoverySeconds = await recovered
   await waitDrained(st.db, { sinceMs: healedAt, timeoutMs: 30_000 })
   return { recoverySeconds, ledger: await settle(st) }
+}
+
+/**
+ * One outage: break something, wait `forMs`, heal it, then time the recovery and count every
+ * event (recoverAndSettle). Prints the scenario's report, with `extra` given how many seconds
+ * the outage lasted, and returns the ledger for the test's own assertions.
+ */
+export const outage = async (
+  s: Scenario,
+  st: Stage,
+  o: {
+    readonly breakIt: () => unknown
+    readonly forMs: number
+    readonly heal: () => unknown
+    readonly extra: (downSeconds: string) => Readonly<Record<string, string | number>>
+  },
+): Promise<Ledger> => {
+  await o.breakIt()
+  const down = Date.now()
+  await sleep(o.forMs)
+  await o.heal()
+  const healedAt = Date.now()
+  // Timed from here, while the writer goes on: the backlog left by the fault drains.
+  const { recoverySeconds, ledger } = await recoverAndSettle(st, healedAt)
+  printReport({
+    scenario: s.name,
+    ledger,
+    recoverySeconds,
+    wallSeconds: s.elapsedSeconds(),
+    extra: o.extra(((healedAt - down) / 1000).toFixed(1)),
+  })
+  return ledger
 }
