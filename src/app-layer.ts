@@ -8,15 +8,19 @@ import { DatabaseLive } from "./outbox/database.ts"
 import { InstanceId } from "./outbox/instance-id.ts"
 import { OutboxStore } from "./outbox/outbox-store.ts"
 import { RetentionLive } from "./outbox/retention.ts"
+import { RelayEvents } from "./relay/relay-events.ts"
 import { RelayState } from "./relay/relay-state.ts"
 import { BacklogGaugesLive } from "./telemetry/backlog-gauges.ts"
 import { LoggerLive } from "./telemetry/logger.ts"
 import { TelemetryLive } from "./telemetry/telemetry.ts"
 
-export const ServicesLive = Layer.mergeAll(OutboxStore.layer, Publisher.layer, RelayState.layer, DeadLetterSignal.layer).pipe(
-  Layer.provideMerge(Layer.mergeAll(DatabaseLive, InstanceId.layer)),
-  Layer.provideMerge(LoggerLive),
-)
+export const ServicesLive = Layer.mergeAll(
+  OutboxStore.layer,
+  Publisher.layer,
+  RelayState.layer,
+  RelayEvents.layer,
+  DeadLetterSignal.layer,
+).pipe(Layer.provideMerge(Layer.mergeAll(DatabaseLive, InstanceId.layer)), Layer.provideMerge(LoggerLive))
 
 /** Everything `run` needs, from a configuration layer (the environment, or a test's own). */
 export const appLayer = <E>(config: Layer.Layer<RelayConfig, E>) => ServicesLive.pipe(Layer.provideMerge(config))

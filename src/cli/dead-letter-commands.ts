@@ -2,7 +2,9 @@
 import { userInfo } from "node:os"
 import { Console, Effect, Layer, Option } from "effect"
 import { Command, Flag } from "effect/cli"
+import { DeadReason } from "../domain/errors.ts"
 import { type DeadLetterRow, DeadLetterStore, type EventSelection } from "../outbox/dead-letter-store.ts"
+import { rowIdProblem } from "../outbox/row-id.ts"
 import { CommandFailed, reportFailures } from "./cli-failure.ts"
 import { databaseOnlyLayer } from "./database-only.ts"
 
@@ -43,10 +45,7 @@ const listCommand = Command.make(
   "list",
   {
     ...filters,
-    reason: Flag.Literals("reason", ["unknown_event_type", "message_too_large", "invalid_record", "attempts_exhausted"]).pipe(
-      Flag.withDescription("Only dead letters with this reason"),
-      Flag.optional,
-    ),
+    reason: Flag.Literals("reason", DeadReason.literals).pipe(Flag.withDescription("Only dead letters with this reason"), Flag.optional),
     limit: Flag.Int("limit").pipe(Flag.withDescription("At most this many rows"), Flag.withDefault(100)),
   },
   (f) =>
@@ -88,6 +87,8 @@ export const replayCommand = Command.make(
   (f) =>
     reportFailures(
       Effect.gen(function* () {
+        const badId = f.id.map((id) => rowIdProblem(id)).find((problem) => problem !== undefined)
+        if (badId !== undefined) return yield* new CommandFailed({ message: `--id ${badId}`, exitCode: 2 })
         const selection: EventSelection = {
           ids: f.id,
           dedupKeys: f.dedupKey,

@@ -102,6 +102,12 @@ export const settings = {
     max: 600_000,
     default: 10_000,
   }),
+  maxRecordBytes: Settings.int(
+    "MAX_RECORD_BYTES",
+    "Largest event relayed (payload and headers as JSON text); a larger row is dead-lettered as message_too_large without being read. Keep it below the topics' max.message.bytes",
+    // PostgreSQL's client refuses a result row over 16 MiB: a claim must never fetch one.
+    { min: 1024, max: 15_000_000, default: 1_000_000 },
+  ),
   maxAttempts: Settings.int("MAX_ATTEMPTS", "Publish attempts before an event is dead-lettered", { min: 1, max: 1000, default: 10 }),
   backoffBaseMs: Settings.int("BACKOFF_BASE_MS", "First retry delay; doubles per attempt, with jitter", {
     min: 10,

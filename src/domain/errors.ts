@@ -5,11 +5,21 @@
  */
 import { Schema } from "effect"
 
+/**
+ * Why Kafka could not take records now. Classified once, where kafkajs throws; from there
+ * on the code matches on the reason and never reads `cause` again.
+ * - `unreachable`: no broker answered, or it answered with a transient error (leader moved, …);
+ * - `timeout`: the request ran past PUBLISH_TIMEOUT_MS (records may have landed);
+ * - `producer_broken`: the idempotent producer's sequence or id state is broken, so it is replaced;
+ * - `unknown_topic`: the broker has no such topic (it may be created later).
+ */
+export const UnavailableReason = Schema.Literals(["unreachable", "timeout", "producer_broken", "unknown_topic"])
+export type UnavailableReason = typeof UnavailableReason.Type
+
 /** The broker could not take the batch now (down, timeout, leader moved, network); retry later. */
 export class KafkaUnavailable extends Schema.TaggedError<KafkaUnavailable>()("KafkaUnavailable", {
+  reason: UnavailableReason,
   message: Schema.String,
-  /** A producer in this state cannot recover by itself (sequence / producer-id errors). */
-  producerFenced: Schema.Boolean,
   cause: Schema.Defect(),
 }) {}
 
@@ -21,7 +31,14 @@ export class KafkaRejected extends Schema.TaggedError<KafkaRejected>()("KafkaRej
 }) {}
 
 /** Why an event was dead-lettered; stored in `dead_reason` and sent as the `dlq.reason` header. */
-export const DeadReason = Schema.Literals(["unknown_event_type", "message_too_large", "invalid_record", "attempts_exhausted"])
+export const DeadReason = Schema.Literals([
+  "unknown_event_type",
+  "message_too_large",
+  "invalid_record",
+  "attempts_exhausted",
+  // The dead-letter topic refused even the trimmed dead letter: the row keeps everything for replay.
+  "dlq_rejected",
+])
 export type DeadReason = typeof DeadReason.Type
 
 /** A row that cannot become a Kafka record at all (bad headers, unmapped type): no retry can fix it. */

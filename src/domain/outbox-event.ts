@@ -10,6 +10,11 @@ export interface ClaimedEvent {
   readonly payload: string
   /** The jsonb headers column as JSON text; validated when the record is built. */
   readonly headers: string
+  /**
+   * Set when payload and headers together exceed MAX_RECORD_BYTES: the claim did not fetch
+   * them (payload and headers are then empty stand-ins) and the event can only be dead-lettered.
+   */
+  readonly oversizeBytes: number | null
   readonly requestId: string | null
   readonly traceparent: string | null
   /** Failed publish attempts so far. */

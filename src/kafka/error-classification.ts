@@ -1,7 +1,7 @@
 /**
- * Decides, from a kafkajs error, whether a batch can be retried later or must be
- * dead-lettered. kafkajs wraps errors (retries exceeded, non-retriable, aggregate),
- * so the whole cause chain is searched for the broker's error code.
+ * The one place a kafkajs error is read: it becomes a tagged error with a reason, and
+ * nothing downstream looks at the cause again. kafkajs wraps errors (retries exceeded,
+ * non-retriable, aggregate), so the whole cause chain is searched for the broker's code.
  */
 import { KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
 
@@ -16,7 +16,12 @@ const REJECTED: Readonly<Record<string, KafkaRejected["reason"]>> = {
 }
 
 /** The idempotent producer's state is broken; kafkajs never recovers from these (#485, #598). */
-const FENCED = new Set(["OUT_OF_ORDER_SEQUENCE_NUMBER", "UNKNOWN_PRODUCER_ID", "INVALID_PRODUCER_EPOCH", "DUPLICATE_SEQUENCE_NUMBER"])
+const BROKEN_PRODUCER = new Set([
+  "OUT_OF_ORDER_SEQUENCE_NUMBER",
+  "UNKNOWN_PRODUCER_ID",
+  "INVALID_PRODUCER_EPOCH",
+  "DUPLICATE_SEQUENCE_NUMBER",
+])
 
 interface ErrorLike {
   readonly name?: unknown
@@ -58,11 +63,10 @@ export const classifyKafkaError = (error: unknown): KafkaUnavailable | KafkaReje
   if (rejected !== undefined) {
     return new KafkaRejected({ reason: REJECTED[rejected]!, message, cause: error })
   }
-  // Anything unrecognised (connection refused, timeouts, leader moves, unknown
-  // errors) is treated as transient: retrying is safe, dead-lettering is not undoable.
-  return new KafkaUnavailable({ message, producerFenced: types.some((t) => FENCED.has(t)), cause: error })
+  // The broker has no such topic: it may be created later, so not a reason to dead-letter at once.
+  if (types.some((t) => t === "UNKNOWN_TOPIC_OR_PARTITION")) return new KafkaUnavailable({ reason: "unknown_topic", message, cause: error })
+  if (types.some((t) => BROKEN_PRODUCER.has(t))) return new KafkaUnavailable({ reason: "producer_broken", message, cause: error })
+  // Anything unrecognised (connection refused, leader moves, unknown errors) is treated as
+  // transient: retrying is safe, dead-lettering is not undoable.
+  return new KafkaUnavailable({ reason: "unreachable", message, cause: error })
 }
-
-/** The broker has no such topic (it may be created later: not a reason to dead-letter at once). */
-export const isUnknownTopic = (error: unknown): boolean =>
-  causeChain(error).some((e) => e.type === "UNKNOWN_TOPIC_OR_PARTITION" || e.type === "INVALID_TOPIC_EXCEPTION")

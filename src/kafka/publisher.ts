@@ -1,14 +1,16 @@
 /**
  * Publishes records with one idempotent kafkajs producer, one send at a time (the safe
  * use of kafkajs' idempotence: acks=all, one request in flight, see KAFKA.md), and
- * reports where each record landed. A producer whose state is broken (sequence or
- * producer-id errors, a send that timed out) is thrown away and a new one made.
+ * reports where each record landed. A producer whose state may be broken (sequence or
+ * producer-id errors, a send that timed out, a rejected record whose sequence numbers
+ * kafkajs has already spent) is thrown away and a new one made, so one bad record never
+ * costs an innocent one an OUT_OF_ORDER_SEQUENCE_NUMBER.
  */
-import { Context, Duration, Effect, Layer, Metric, Semaphore } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Metric, Semaphore } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import { type KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
 import type { Delivery } from "../domain/outbox-event.ts"
-import { classifyKafkaError, isUnknownTopic } from "./error-classification.ts"
+import { classifyKafkaError } from "./error-classification.ts"
 import { KafkaClient } from "./kafka-client.ts"
 import { type Admin, type PartitionerArgs, Partitioners, type Producer } from "./kafkajs.ts"
 import type { OutboundRecord } from "./records.ts"
@@ -20,6 +22,10 @@ export const producerRecreations = Metric.counter("outbox_producer_recreations_t
 
 // A missing topic is asked about again this often, so a newly created one is picked up soon.
 const MISSING_TOPIC_TTL_MS = 5_000
+
+/** After these, the producer's sequence or id state can no longer be trusted. */
+const needsNewProducer = (e: KafkaUnavailable | KafkaRejected): boolean =>
+  e._tag === "KafkaRejected" || e.reason === "producer_broken" || e.reason === "timeout"
 
 export class Publisher extends Context.Service<
   Publisher,
@@ -75,8 +81,8 @@ export class Publisher extends Context.Service<
             orElse: () =>
               Effect.fail(
                 new KafkaUnavailable({
+                  reason: "timeout",
                   message: `${operation} timed out after ${config.publishTimeoutMs} ms`,
-                  producerFenced: true,
                   cause: null,
                 }),
               ),
@@ -115,7 +121,7 @@ export class Publisher extends Context.Service<
           const used = admin
           return adminReady.pipe(
             Effect.andThen(attempt(operation, () => f(used))),
-            Effect.tapError((e) => (e._tag === "KafkaUnavailable" && !isUnknownTopic(e.cause) ? discardAdmin(used) : Effect.void)),
+            Effect.tapError((e) => (e._tag === "KafkaUnavailable" && e.reason !== "unknown_topic" ? discardAdmin(used) : Effect.void)),
           )
         })
       const discardAdmin = (broken: Admin) =>
@@ -132,8 +138,9 @@ export class Publisher extends Context.Service<
       const missingTopics = (topics: Iterable<string>) =>
         Effect.gen(function* () {
           const missing = new Set<string>()
+          const now = yield* Clock.currentTimeMillis
           for (const topic of new Set(topics)) {
-            if ((absent.get(topic) ?? 0) > Date.now()) {
+            if ((absent.get(topic) ?? 0) > now) {
               missing.add(topic)
               continue
             }
@@ -141,10 +148,10 @@ export class Publisher extends Context.Service<
             const found = yield* Effect.result(adminCall(`metadata of ${topic}`, (a) => a.fetchTopicMetadata({ topics: [topic] })))
             if (found._tag === "Success") continue
             const error = found.failure
-            if (!isUnknownTopic(error.cause)) {
-              return yield* new KafkaUnavailable({ message: error.message, producerFenced: false, cause: error.cause })
+            if (error._tag !== "KafkaUnavailable" || error.reason !== "unknown_topic") {
+              return yield* new KafkaUnavailable({ reason: "unreachable", message: error.message, cause: error.cause })
             }
-            absent.set(topic, Date.now() + MISSING_TOPIC_TTL_MS)
+            absent.set(topic, now + MISSING_TOPIC_TTL_MS)
             missing.add(topic)
           }
           return missing
@@ -184,14 +191,12 @@ export class Publisher extends Context.Service<
         records.length === 0
           ? Effect.succeed([])
           : sendLock.withPermits(1)(
-              send(records).pipe(
-                Effect.tapError((e) => (e._tag === "KafkaUnavailable" && e.producerFenced ? recreateProducer(e.message) : Effect.void)),
-              ),
+              send(records).pipe(Effect.tapError((e) => (needsNewProducer(e) ? recreateProducer(e.message) : Effect.void))),
             )
 
       const checkReachable = adminCall("describe cluster", (a) => a.describeCluster()).pipe(
         Effect.mapError((e) =>
-          e._tag === "KafkaUnavailable" ? e : new KafkaUnavailable({ message: e.message, producerFenced: false, cause: e }),
+          e._tag === "KafkaUnavailable" ? e : new KafkaUnavailable({ reason: "unreachable", message: e.message, cause: e.cause }),
         ),
       )
 

@@ -39,7 +39,12 @@ const readOwnHeaders = (json: string): Result.Result<Record<string, string>, str
  * row cannot spoof event_id or dedup_key. An invalid traceparent is dropped (reported by
  * the caller), never a reason to lose the event.
  */
-export const buildRecord = (event: ClaimedEvent, topics: TopicMap): Result.Result<OutboundRecord, InvalidEvent> => {
+export const buildRecord = (
+  event: ClaimedEvent,
+  topics: TopicMap,
+  maxRecordBytes: number = Number.POSITIVE_INFINITY,
+): Result.Result<OutboundRecord, InvalidEvent> => {
+  if (event.oversizeBytes !== null) return Result.fail(tooLarge(event.oversizeBytes, maxRecordBytes))
   const topic = topicFor(topics, event.eventType)
   if (topic === undefined) {
     return Result.fail(
@@ -59,5 +64,26 @@ export const buildRecord = (event: ClaimedEvent, topics: TopicMap): Result.Resul
   }
   if (event.requestId !== null) headers.request_id = event.requestId
   if (event.traceparent !== null && isValidTraceparent(event.traceparent)) headers.traceparent = event.traceparent
-  return Result.succeed({ topic, key: event.aggregateKey ?? event.dedupKey, value: event.payload, headers })
+  const record: OutboundRecord = { topic, key: event.aggregateKey ?? event.dedupKey, value: event.payload, headers }
+  // Checked before sending: a record the broker refuses spends the idempotent producer's
+  // sequence numbers, and would cost the records around it a retry.
+  if (recordChars(record) * 3 <= maxRecordBytes) return Result.succeed(record) // UTF-8 takes ≤ 3 bytes per UTF-16 unit
+  const bytes = recordBytes(record)
+  return bytes > maxRecordBytes ? Result.fail(tooLarge(bytes, maxRecordBytes)) : Result.succeed(record)
 }
+
+const recordChars = (record: OutboundRecord): number => {
+  let n = record.key.length + (record.value?.length ?? 0)
+  for (const name in record.headers) n += name.length + record.headers[name]!.length
+  return n
+}
+
+/** Key, value and headers as UTF-8, which is what a record's size limit counts (framing aside). */
+export const recordBytes = (record: OutboundRecord): number => {
+  let n = Buffer.byteLength(record.key) + (record.value === null ? 0 : Buffer.byteLength(record.value))
+  for (const name in record.headers) n += Buffer.byteLength(name) + Buffer.byteLength(record.headers[name]!)
+  return n
+}
+
+const tooLarge = (bytes: number, limit: number) =>
+  new InvalidEvent({ reason: "message_too_large", message: `event is ${bytes} bytes, over MAX_RECORD_BYTES (${limit})` })

@@ -4,7 +4,7 @@
  * system can take (retried with backoff in the background, so a slow webhook never
  * holds up the relay).
  */
-import { Context, Data, Effect, Layer, Metric, Redacted, Schedule } from "effect"
+import { Clock, Context, Data, Effect, Layer, Metric, Redacted, Schedule } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import { InstanceId } from "../outbox/instance-id.ts"
 import { backoffSchedule } from "../relay/backoff.ts"
@@ -77,9 +77,9 @@ export class DeadLetterSignal extends Context.Service<
                 error: letter.error,
                 attempts: letter.event.attempts + 1,
                 dlq_topic: config.dlqTopic,
-                original_topic: letter.original?.topic ?? null,
+                original_topic: letter.originalTopic ?? null,
                 request_id: letter.event.requestId,
-                failed_at: new Date().toISOString(),
+                failed_at: new Date(yield* Clock.currentTimeMillis).toISOString(),
                 relay_instance: instance,
               }
               yield* Metric.update(deadLetters, 1)

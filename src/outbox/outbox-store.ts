@@ -3,14 +3,17 @@
  * transaction stays open while Kafka is called, and marks only touch rows this
  * instance still holds, so a lease taken over by another instance is never overwritten.
  */
-import { Context, Effect, Layer } from "effect"
+import { PgClient } from "@effect/sql-pg"
+import { Context, Effect, Layer, Stream } from "effect"
 import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
-import type { DatabaseError, DeadReason } from "../domain/errors.ts"
+import type { DatabaseError, DeadReason, SchemaVersionMismatch } from "../domain/errors.ts"
 import type { ClaimedEvent, Delivery, EventStatus, NewEvent } from "../domain/outbox-event.ts"
 import type { OutboxRow } from "../writer/event-input.ts"
 import { INSERT_OUTBOX_EVENTS, type InsertedRow, insertParameters } from "../writer/outbox-insert.ts"
+import { insertWakeUps } from "./insert-notifications.ts"
 import { InstanceId } from "./instance-id.ts"
+import { requireCurrentSchema } from "./schema-migrator.ts"
 import { toDatabaseError } from "./sql-error.ts"
 
 export interface SentMark extends Delivery {
@@ -47,8 +50,9 @@ interface ClaimRow {
   readonly dedup_key: string
   readonly event_type: string
   readonly aggregate_key: string | null
-  readonly payload: string
-  readonly headers: string
+  readonly payload: string | null
+  readonly headers: string | null
+  readonly content_bytes: number
   readonly request_id: string | null
   readonly traceparent: string | null
   readonly attempts: number
@@ -62,8 +66,9 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
   dedupKey: r.dedup_key,
   eventType: r.event_type,
   aggregateKey: r.aggregate_key,
-  payload: r.payload,
-  headers: r.headers,
+  payload: r.payload ?? "null",
+  headers: r.headers ?? "{}",
+  oversizeBytes: r.payload === null ? Number(r.content_bytes) : null,
   requestId: r.request_id,
   traceparent: r.traceparent,
   attempts: r.attempts,
@@ -89,17 +94,28 @@ export class OutboxStore extends Context.Service<
     readonly markDead: (marks: ReadonlyArray<DeadMark>) => Effect.Effect<MarkResult, DatabaseError>
     /** Gives back leases unpublished (graceful stop), so another instance need not wait for expiry. */
     readonly release: (ids: ReadonlyArray<string>) => Effect.Effect<number, DatabaseError>
+    /**
+     * Who holds these rows now (`null`: nobody), for rows a mark found no longer ours: another
+     * instance that took them over, or nobody because the database lost our claim.
+     */
+    readonly leaseHolders: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyMap<string, string | null>, DatabaseError>
     readonly append: (events: ReadonlyArray<NewEvent>) => Effect.Effect<AppendResult, DatabaseError>
     readonly countByStatus: Effect.Effect<StatusCounts, DatabaseError>
+    /** Fails unless the table's schema is the one this build understands. */
+    readonly requireCurrentSchema: Effect.Effect<void, DatabaseError | SchemaVersionMismatch>
+    /** One element per insert wake-up (NOTIFY), and one at each (re)connect; never fails. */
+    readonly insertWakeUps: Stream.Stream<void>
   }
 >()("outbox-relay/OutboxStore") {
   static readonly layer = Layer.effect(
     OutboxStore,
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
+      const pg = yield* PgClient.PgClient
       const config = yield* RelayConfig
       const me = yield* InstanceId
       const leaseSeconds = config.leaseMs / 1000
+      const maxBytes = config.maxRecordBytes
 
       const claimDue = (limit: number, after = "0") =>
         // SKIP LOCKED lets instances claim side by side without waiting on each other.
@@ -113,7 +129,8 @@ export class OutboxStore extends Context.Service<
         // starts, never the ordering check, which still sees every older pending row.
         sql<ClaimRow>`
           WITH candidates AS MATERIALIZED (
-            SELECT id, aggregate_key, locked_by
+            -- The JSON text is made once, here, so its size can be checked before it is sent.
+            SELECT id, aggregate_key, locked_by, payload::text AS payload_text, headers::text AS headers_text
               FROM outbox_event
              WHERE status IN ('NEW', 'FAILED')
                AND id > ${after}::bigint
@@ -123,7 +140,8 @@ export class OutboxStore extends Context.Service<
              LIMIT ${limit}
              FOR UPDATE SKIP LOCKED
           ), eligible AS (
-            SELECT c.id, c.locked_by AS previous_owner
+            SELECT c.id, c.locked_by AS previous_owner, c.payload_text, c.headers_text,
+                   octet_length(c.payload_text) + coalesce(octet_length(c.headers_text), 0) AS content_bytes
               FROM candidates c
              WHERE c.aggregate_key IS NULL
                 OR NOT EXISTS (
@@ -140,7 +158,11 @@ export class OutboxStore extends Context.Service<
             FROM eligible e
            WHERE o.id = e.id
           RETURNING o.id::text AS id, o.event_id::text AS event_id, o.dedup_key, o.event_type, o.aggregate_key,
-                    o.payload::text AS payload, o.headers::text AS headers, o.request_id, o.traceparent,
+                    -- A row too large to carry is claimed without its content: PostgreSQL's client
+                    -- refuses a result row over 16 MiB, and Kafka one over its limit. It is dead-lettered.
+                    CASE WHEN e.content_bytes <= ${maxBytes} THEN e.payload_text END AS payload,
+                    CASE WHEN e.content_bytes <= ${maxBytes} THEN e.headers_text END AS headers,
+                    e.content_bytes, o.request_id, o.traceparent,
                     o.attempts, (extract(epoch FROM o.created_at) * 1000)::float8 AS created_at_ms,
                     e.previous_owner`.pipe(
           // RETURNING order is not the claim order; publishing in id order is what keeps keys ordered.
@@ -209,6 +231,18 @@ export class OutboxStore extends Context.Service<
               Effect.mapError(toDatabaseError("release")),
             )
 
+      const leaseHolders = (ids: ReadonlyArray<string>) =>
+        ids.length === 0
+          ? Effect.succeed(new Map<string, string | null>())
+          : sql<{ id: string; holder: string | null }>`
+              SELECT id::text AS id,
+                     CASE WHEN status IN ('SENT', 'DEAD') THEN coalesce(locked_by, 'another instance (already marked)')
+                          ELSE locked_by END AS holder
+                FROM outbox_event WHERE id = ANY(${ids}::bigint[])`.pipe(
+              Effect.map((rows) => new Map(rows.map((r) => [r.id, r.holder]))),
+              Effect.mapError(toDatabaseError("lease holders")),
+            )
+
       // The writer's own statement (one jsonb parameter, JSON null payloads kept), without its
       // validation: callers here are the relay's tools and tests, which pass well-formed events.
       const append = (events: ReadonlyArray<NewEvent>) =>
@@ -229,7 +263,18 @@ export class OutboxStore extends Context.Service<
         Effect.mapError(toDatabaseError("count")),
       )
 
-      return OutboxStore.of({ claimDue, markSent, markFailed, markDead, release, append, countByStatus })
+      return OutboxStore.of({
+        claimDue,
+        markSent,
+        markFailed,
+        markDead,
+        release,
+        leaseHolders,
+        append,
+        countByStatus,
+        requireCurrentSchema: requireCurrentSchema().pipe(Effect.provideService(SqlClient.SqlClient, sql)),
+        insertWakeUps: insertWakeUps.pipe(Stream.provideService(PgClient.PgClient, pg)),
+      })
     }),
   )
 }

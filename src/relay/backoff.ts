@@ -17,16 +17,3 @@ export const backoffSchedule = (policy: BackoffPolicy) =>
     Schedule.jittered,
     Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.millis(policy.maxMs)))),
   )
-
-/** The delay before retry number `retry` (1-based), read off the same schedule the loop uses. */
-export const retryDelayMs = Effect.fnUntraced(function* (policy: BackoffPolicy, retry: number) {
-  const step = yield* Schedule.toStep(backoffSchedule(policy))
-  let delay = Duration.zero
-  const now = Date.now()
-  for (let i = 0; i < Math.max(1, retry); i++) {
-    // The schedule never ends, so a step always yields a delay.
-    const [, d] = yield* Effect.orDie(step(now, undefined))
-    delay = d
-  }
-  return Math.round(Duration.toMillis(delay))
-})

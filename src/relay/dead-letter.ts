@@ -9,34 +9,43 @@ export interface DeadLetter {
   readonly error: string
   /** The record the event would have been, when it could be built at all. */
   readonly original: OutboundRecord | undefined
+  /** The topic its event type maps to, if any. */
+  readonly originalTopic: string | undefined
 }
 
-export const deadLetterRecord = (
-  letter: DeadLetter,
-  dlqTopic: string,
-  failedAt: Date,
-  options: { readonly omitValue: boolean } = { omitValue: false },
-): OutboundRecord => {
+/**
+ * `full`: the original value and headers. `trimmed`: only the relay's own headers and the
+ * dlq.* ones, no value: what is left when the dead-letter topic refuses the full letter
+ * (the row keeps everything for replay). An event too large to be read is always trimmed.
+ */
+export type DeadLetterShape = "full" | "trimmed"
+
+export const deadLetterRecord = (letter: DeadLetter, dlqTopic: string, failedAtMs: number, shape: DeadLetterShape): OutboundRecord => {
   const { event, original } = letter
+  const trimmed = shape === "trimmed" || event.oversizeBytes !== null
+  const relayHeaders: Record<string, string> = {
+    event_id: event.eventId,
+    dedup_key: event.dedupKey,
+    event_type: event.eventType,
+    ...(event.requestId === null ? {} : { request_id: event.requestId }),
+  }
   const headers: Record<string, string> = {
-    ...(original?.headers ?? {
-      event_id: event.eventId,
-      dedup_key: event.dedupKey,
-      event_type: event.eventType,
-      ...(event.requestId === null ? {} : { request_id: event.requestId }),
-    }),
+    ...(trimmed ? relayHeaders : (original?.headers ?? relayHeaders)),
     "dlq.reason": letter.reason,
     "dlq.error": letter.error.slice(0, 1000),
     "dlq.attempts": String(event.attempts + 1),
-    "dlq.original_topic": original?.topic ?? "",
-    "dlq.failed_at": failedAt.toISOString(),
+    "dlq.original_topic": letter.originalTopic ?? "",
+    "dlq.failed_at": new Date(failedAtMs).toISOString(),
   }
-  // A value too large for its topic is likely too large for the DLQ too; the row keeps it for replay.
-  if (options.omitValue) headers["dlq.value_omitted"] = "true"
+  if (trimmed) {
+    headers["dlq.value_omitted"] = "true"
+    headers["dlq.headers_omitted"] = "true"
+  }
+  if (event.oversizeBytes !== null) headers["dlq.size_bytes"] = String(event.oversizeBytes)
   return {
     topic: dlqTopic,
     key: original?.key ?? event.aggregateKey ?? event.dedupKey,
-    value: options.omitValue ? null : event.payload,
+    value: trimmed ? null : event.payload,
     headers,
   }
 }

@@ -1,26 +1,20 @@
 /** Writes a batch's outcome back to the outbox, and says what it means in logs and metrics. */
-import { Duration, Effect, LogLevel, Metric, References, Schedule } from "effect"
+import { Clock, Effect, LogLevel, Metric, References } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import { DeadLetterSignal } from "../ops/dead-letter-signal.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
 import { endToEndSeconds, leasesLost, publishDead, publishFailed, publishSent } from "../telemetry/metrics.ts"
 import { rowTraceContext } from "../telemetry/publish-spans.ts"
-import { backoffSchedule, retryDelayMs } from "./backoff.ts"
 import type { BatchOutcome } from "./publish-batch.ts"
+import { markRetry } from "./retry-policy.ts"
 
 export interface BatchSummary {
   readonly sent: number
   readonly failed: number
   readonly dead: number
-  readonly held: number
+  readonly givenBack: number
   readonly lost: number
 }
-
-// A mark that fails after Kafka acknowledged leaves rows leased; they come back after the
-// lease and are published again (a duplicate). Retrying for most of the lease rides out a
-// database restart without one; past that, another instance may already have them.
-const markRetry = (leaseMs: number) =>
-  backoffSchedule({ baseMs: 100, maxMs: 2_000 }).pipe(Schedule.upTo({ duration: Duration.millis(leaseMs * 0.8) }))
 
 const SENT_LEVELS = { trace: "Trace", debug: "Debug", info: "Info", warn: "Warn" } as const
 
@@ -28,25 +22,20 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
   const store = yield* OutboxStore
   const config = yield* RelayConfig
   const signal = yield* DeadLetterSignal
-  const policy = { baseMs: config.backoffBaseMs, maxMs: config.backoffMaxMs }
-
-  const failedMarks = yield* Effect.forEach(outcome.failed, ({ event, error }) =>
-    Effect.map(retryDelayMs(policy, event.attempts + 1), (retryInMs) => ({ id: event.id, error, retryInMs })),
-  )
   const [sent, failed, dead] = yield* Effect.all(
     [
       store.markSent(outcome.sent.map(({ event, delivery }) => ({ id: event.id, ...delivery }))),
-      store.markFailed(failedMarks),
+      store.markFailed(outcome.failed.map(({ event, error, retryInMs }) => ({ id: event.id, error, retryInMs }))),
       store.markDead(outcome.dead.map(({ event, reason, error }) => ({ id: event.id, reason, error }))),
-      store.release(outcome.held.map((e) => e.id)),
+      store.release(outcome.givenBack.map((e) => e.id)),
     ],
     { concurrency: "unbounded" },
   ).pipe(
     Effect.tapError((e) => Effect.logWarning("marking failed; retrying within the lease").pipe(Effect.annotateLogs({ error: e.message }))),
-    Effect.retry({ schedule: markRetry(config.leaseMs), while: (e) => e._tag === "DatabaseError" }),
+    Effect.retry(markRetry(config.leaseMs)),
   )
 
-  const now = Date.now()
+  const now = yield* Clock.currentTimeMillis
   const markedSent = new Set(sent.marked)
   const sentLevel = SENT_LEVELS[config.sentLogLevel]
   const logSent = Effect.logWithLevel(sentLevel)
@@ -74,12 +63,7 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
   const markedDead = new Set(dead.marked)
   yield* signal.raise(outcome.dead.filter((letter) => markedDead.has(letter.event.id)))
   const lost = [...sent.lost, ...failed.lost, ...dead.lost]
-  if (lost.length > 0) {
-    // Another instance took these over after our lease expired: it will publish them again.
-    yield* Effect.logWarning("lease lost before marking; another instance took these rows over").pipe(
-      Effect.annotateLogs({ ids: lost.join(","), count: lost.length }),
-    )
-  }
+  if (lost.length > 0) yield* reportLostLeases(lost)
   yield* Metric.update(publishSent, sent.marked.length)
   yield* Metric.update(publishFailed, failed.marked.length)
   yield* Metric.update(publishDead, dead.marked.length)
@@ -88,7 +72,33 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
     sent: sent.marked.length,
     failed: failed.marked.length,
     dead: dead.marked.length,
-    held: outcome.held.length,
+    givenBack: outcome.givenBack.length,
     lost: lost.length,
   } satisfies BatchSummary
+})
+
+/**
+ * Rows this instance published but no longer held when marking. Either another instance took
+ * them over after the lease expired (it publishes them again), or nobody holds them: the
+ * database lost the claim (a crash with synchronous_commit off) and they are due again.
+ */
+const reportLostLeases = Effect.fnUntraced(function* (ids: ReadonlyArray<string>) {
+  const store = yield* OutboxStore
+  const holders = yield* store.leaseHolders(ids).pipe(Effect.orElseSucceed(() => new Map<string, string | null>()))
+  const byOther = ids.filter((id) => (holders.get(id) ?? null) !== null)
+  const unheld = ids.filter((id) => (holders.get(id) ?? null) === null)
+  if (byOther.length > 0) {
+    yield* Effect.logWarning("lease lost before marking: another instance took these rows over and will publish them again").pipe(
+      Effect.annotateLogs({
+        ids: byOther.join(","),
+        count: byOther.length,
+        holders: [...new Set(byOther.map((id) => holders.get(id)))].join(","),
+      }),
+    )
+  }
+  if (unheld.length > 0) {
+    yield* Effect.logWarning(
+      "lease lost before marking: nobody holds these rows any more (the database lost the claim, e.g. in a crash); they are due again and will be published again",
+    ).pipe(Effect.annotateLogs({ ids: unheld.join(","), count: unheld.length }))
+  }
 })

@@ -1,89 +1,25 @@
 /**
- * The relay, top to bottom: a trigger (poll tick, or an insert's NOTIFY) → claim a
- * batch (repeated at once while batches come back full) → publish → mark. The three
+ * The relay, top to bottom: a trigger (poll tick, busy-poll tick, or an insert's NOTIFY) →
+ * claim a batch (again at once while batches come back full) → publish → mark. The three
  * stages overlap: the next batch is claimed while one publishes and the one before is
- * marked. That is safe for per-key order because a claim never takes a row while an
- * older row of its key is still pending, and rows in flight are pending until marked.
- * Publishing and marking are each uninterruptible; on a stop the batches in flight go
- * through both, and leases that were not published are given back.
+ * marked. That is safe for per-key order because a claim never takes a row while an older
+ * row of its key is pending elsewhere, and the pipeline coordinator holds back, in batches
+ * already claimed, the keys an earlier batch left unsent. Publishing and marking are each
+ * uninterruptible; on a stop the batches in flight go through both, and leases that were
+ * not published are given back.
  */
-import { Duration, Effect, Fiber, Metric, Option, Ref, Stream } from "effect"
+import { Clock, Duration, Effect, Fiber, Metric, Option, Ref, Stream } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import { Publisher } from "../kafka/publisher.ts"
-import { insertWakeUps } from "../outbox/insert-notifications.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
-import { requireCurrentSchema } from "../outbox/schema-migrator.ts"
 import { batchSize as batchSizeMetric, leaseTakeovers } from "../telemetry/metrics.ts"
 import { backoffSchedule } from "./backoff.ts"
-import { FailedKeys } from "./failed-keys.ts"
 import { markOutcome } from "./mark-outcome.ts"
+import { makePipelineCoordinator, type PipelineCoordinator } from "./pipeline-coordinator.ts"
 import { type BatchOutcome, publishBatch } from "./publish-batch.ts"
+import { RelayEvents } from "./relay-events.ts"
 import { RelayState } from "./relay-state.ts"
-
-type Held = Ref.Ref<ReadonlySet<string>>
-
-const claimBatch = Effect.fn("Relay.claimBatch")(function* (held: Held, after: string) {
-  const store = yield* OutboxStore
-  const config = yield* RelayConfig
-  // Claiming and recording the lease as held happen together, so a stop in between cannot orphan it.
-  const batch = yield* Effect.uninterruptible(
-    store
-      .claimDue(config.batchSize, after)
-      .pipe(Effect.tap((events) => Ref.update(held, (ids) => new Set([...ids, ...events.map((e) => e.id)])))),
-  )
-  if (batch.length > 0) yield* Metric.update(batchSizeMetric, batch.length)
-  const takenOver = batch.filter((e) => e.takenOverFrom !== null)
-  if (takenOver.length > 0) {
-    yield* Metric.update(leaseTakeovers, takenOver.length)
-    yield* Effect.logWarning("took over rows whose lease expired; they may already be on Kafka (a duplicate)").pipe(
-      Effect.annotateLogs({ count: takenOver.length, from: [...new Set(takenOver.map((e) => e.takenOverFrom))].join(",") }),
-    )
-  }
-  return batch
-})
-
-/** Whether the loop may claim now: not paused, not stopping. */
-const mayClaim = Effect.gen(function* () {
-  const state = yield* RelayState
-  return !(yield* Ref.get(state.paused)) && !(yield* Ref.get(state.stopping))
-})
-
-/**
- * What /healthz reads: the loop completed a cycle (read at run time, not when the effect
- * was built). While Kafka is down nothing completes: claims may still come back empty,
- * but the loop cannot do its work.
- */
-const recordCycle = Effect.gen(function* () {
-  const state = yield* RelayState
-  if (yield* Ref.get(state.kafkaReachable)) yield* Ref.set(state.lastCycleAt, Date.now())
-})
-
-/** A trigger while paused is a cycle too: the loop is alive, it just claims nothing. */
-const mayClaimOnTrigger = Effect.gen(function* () {
-  const may = yield* mayClaim
-  if (!may) yield* recordCycle
-  return may
-})
-
-/**
- * Poll ticks merged with insert wake-ups. The sliding buffer of one coalesces
- * whatever arrives while a cycle runs into a single next trigger, so a burst of
- * inserts costs one extra claim, not one per insert. While rows keep arriving (a claim
- * found some less than POLL_INTERVAL_MS ago) the poll runs at BUSY_POLL_INTERVAL_MS:
- * under load, latency then does not hang on NOTIFY, which high-rate writers may turn off
- * because it serialises their commits, and an idle relay still costs one claim per interval.
- */
-const triggers = (rowsSeenAt: Ref.Ref<number>) =>
-  Effect.gen(function* () {
-    const config = yield* RelayConfig
-    const idleTicks = Stream.tick(Duration.millis(config.pollIntervalMs))
-    const busyTicks = Stream.tick(Duration.millis(config.busyPollIntervalMs)).pipe(
-      Stream.filterEffect(() => Ref.get(rowsSeenAt).pipe(Effect.map((at) => Date.now() - at < config.pollIntervalMs))),
-    )
-    const ticks = Stream.merge(idleTicks, busyTicks)
-    return (config.listenNotify ? ticks.pipe(Stream.merge(insertWakeUps)) : ticks).pipe(Stream.buffer({ capacity: 1, strategy: "sliding" }))
-  })
 
 interface Claimed {
   readonly events: ReadonlyArray<ClaimedEvent>
@@ -92,7 +28,86 @@ interface Claimed {
   readonly sequence: number
 }
 
-let claimSequence = 0
+interface Published {
+  readonly claimed: Claimed
+  readonly outcome: BatchOutcome
+}
+
+/** Not paused and not stopping. */
+const isClaimingOn = Effect.gen(function* () {
+  const state = yield* RelayState
+  return !(yield* Ref.get(state.paused)) && !(yield* Ref.get(state.stopping))
+})
+
+/**
+ * What /healthz reads: the loop completed a cycle. While Kafka is down nothing completes:
+ * claims may still come back empty, but the loop cannot do its work.
+ */
+const recordCycle = Effect.gen(function* () {
+  const state = yield* RelayState
+  if (yield* Ref.get(state.kafkaReachable)) yield* Ref.set(state.lastCycleAt, yield* Clock.currentTimeMillis)
+})
+
+/** A trigger while paused is a cycle too: the loop is alive, it just claims nothing. */
+const claimingOnAtTrigger = Effect.gen(function* () {
+  const on = yield* isClaimingOn
+  if (!on) yield* recordCycle
+  return on
+})
+
+/**
+ * Poll ticks merged with insert wake-ups. The sliding buffer of one coalesces whatever
+ * arrives while a cycle runs into a single next trigger, so a burst of inserts costs one
+ * extra claim, not one per insert. While rows keep arriving (a claim found some less than
+ * POLL_INTERVAL_MS ago) the poll runs at BUSY_POLL_INTERVAL_MS: under load, latency then
+ * does not hang on NOTIFY, which high-rate writers may turn off because it serialises their
+ * commits, and an idle relay still costs one claim per interval.
+ */
+const triggers = (rowsSeenAt: Ref.Ref<number>) =>
+  Effect.gen(function* () {
+    const config = yield* RelayConfig
+    const store = yield* OutboxStore
+    const idleTicks = Stream.tick(Duration.millis(config.pollIntervalMs))
+    const busyTicks = Stream.tick(Duration.millis(config.busyPollIntervalMs)).pipe(
+      Stream.filterEffect(() =>
+        Effect.map(Effect.all([Ref.get(rowsSeenAt), Clock.currentTimeMillis]), ([at, now]) => now - at < config.pollIntervalMs),
+      ),
+    )
+    const ticks = Stream.merge(idleTicks, busyTicks)
+    return (config.listenNotify ? ticks.pipe(Stream.merge(store.insertWakeUps)) : ticks).pipe(
+      Stream.buffer({ capacity: 1, strategy: "sliding" }),
+    )
+  })
+
+/** Claims a batch under a sequence number from the coordinator, and records its leases as ours. */
+const claimBatch = Effect.fn("Relay.claimBatch")(function* (coordinator: PipelineCoordinator, after: string) {
+  const store = yield* OutboxStore
+  const config = yield* RelayConfig
+  const relayEvents = yield* RelayEvents
+  const sequence = yield* coordinator.admitClaim
+  const claimedAt = yield* Clock.currentTimeMillis
+  // Claiming and recording the leases happen together, so a stop in between cannot orphan one.
+  const events = yield* Effect.uninterruptible(
+    store.claimDue(config.batchSize, after).pipe(
+      Effect.tap((events) => coordinator.claimed(events)),
+      Effect.onError(() => coordinator.finished([])),
+    ),
+  )
+  if (events.length === 0) {
+    yield* coordinator.finished([])
+    yield* relayEvents.emit({ _tag: "ClaimedNothing" })
+    return { events, claimedAt, sequence } satisfies Claimed
+  }
+  yield* Metric.update(batchSizeMetric, events.length)
+  const takenOver = events.filter((e) => e.takenOverFrom !== null)
+  if (takenOver.length > 0) {
+    yield* Metric.update(leaseTakeovers, takenOver.length)
+    yield* Effect.logWarning("took over rows whose lease expired; they may already be on Kafka (a duplicate)").pipe(
+      Effect.annotateLogs({ count: takenOver.length, from: [...new Set(takenOver.map((e) => e.takenOverFrom))].join(",") }),
+    )
+  }
+  return { events, claimedAt, sequence } satisfies Claimed
+})
 
 /**
  * Where a drain's next claim starts. While batches come back full, each claim starts after
@@ -108,29 +123,28 @@ interface Cursor {
   readonly passStartedAt: number
 }
 
-const startOfPass = (): Cursor => ({ after: "0", passStartedAt: Date.now() })
+const startOfPass = Effect.map(Clock.currentTimeMillis, (now): Cursor => ({ after: "0", passStartedAt: now }))
 
 /** Batches for one trigger: claims again at once while they come back full, so a backlog drains without sleeping. */
-const claimUntilDrained = (held: Held, failedKeys: FailedKeys, rowsSeenAt: Ref.Ref<number>) =>
-  Stream.paginate(startOfPass(), (cursor) =>
-    Effect.gen(function* () {
-      const config = yield* RelayConfig
-      // After a failure or hand-back, the batches in flight are marked before the next claim (see FailedKeys).
-      while (!failedKeys.mayClaim) yield* Effect.sleep(Duration.millis(5))
-      const claimedAt = Date.now()
-      const from = claimedAt - cursor.passStartedAt > config.pollIntervalMs ? startOfPass() : cursor
-      // Untraced: an idle relay claims every poll, and a span each time would bury the publish traces.
-      const events = yield* claimBatch(held, from.after).pipe(Effect.withTracerEnabled(false))
-      if (events.length > 0) {
-        failedKeys.claimed()
-        yield* Ref.set(rowsSeenAt, claimedAt)
-      }
-      const more = events.length >= config.batchSize && (yield* mayClaim)
-      return [
-        events.length > 0 ? [{ events, claimedAt, sequence: ++claimSequence }] : [],
-        more ? Option.some({ after: events.at(-1)!.id, passStartedAt: from.passStartedAt }) : Option.none(),
-      ] as const
-    }),
+const claimUntilDrained = (coordinator: PipelineCoordinator, rowsSeenAt: Ref.Ref<number>) =>
+  Stream.unwrap(
+    Effect.map(startOfPass, (first) =>
+      Stream.paginate(first, (cursor) =>
+        Effect.gen(function* () {
+          const config = yield* RelayConfig
+          const now = yield* Clock.currentTimeMillis
+          const from = now - cursor.passStartedAt > config.pollIntervalMs ? yield* startOfPass : cursor
+          // Untraced: an idle relay claims every poll, and a span each time would bury the publish traces.
+          const claimed = yield* claimBatch(coordinator, from.after).pipe(Effect.withTracerEnabled(false))
+          if (claimed.events.length > 0) yield* Ref.set(rowsSeenAt, claimed.claimedAt)
+          const more = claimed.events.length >= config.batchSize && (yield* isClaimingOn)
+          return [
+            claimed.events.length > 0 ? [claimed] : [],
+            more ? Option.some({ after: claimed.events.at(-1)!.id, passStartedAt: from.passStartedAt }) : Option.none(),
+          ] as const
+        }),
+      ),
+    ),
   )
 
 /**
@@ -147,95 +161,100 @@ const waitForKafka = Effect.gen(function* () {
 })
 
 /**
- * A batch that waited too long for its turn (Kafka was down, say) may no longer be ours
- * by the time it is sent: it is given back untried instead.
+ * A batch that waited too long for its turn (Kafka was down, say) may no longer be ours by
+ * the time it is sent: it is given back untried instead.
  */
-const leaseTooOld = (claimed: Claimed) => RelayConfig.useSync((c) => Date.now() - claimed.claimedAt > c.leaseMs - 2 * c.publishTimeoutMs)
+const leaseTooOld = (claimed: Claimed) =>
+  Effect.gen(function* () {
+    const config = yield* RelayConfig
+    return (yield* Clock.currentTimeMillis) - claimed.claimedAt > config.leaseMs - 2 * config.publishTimeoutMs
+  })
 
 /**
- * After a batch found Kafka down, its outcome goes on to be marked (FAILED, with backoff)
- * at once, and the next batch waits here until a broker answers; the full buffers then
- * hold the claim stage back, so nothing else is claimed during the outage.
+ * Publishes a claimed batch. After a batch found Kafka down, its outcome goes on to be marked
+ * (FAILED, with backoff) at once, and the next batch waits here until a broker answers; the
+ * full buffers then hold the claim stage back, so nothing else is claimed during the outage.
  */
-const publishClaimed = (failedKeys: FailedKeys) => (claimed: Claimed) =>
+const publishClaimed = (coordinator: PipelineCoordinator) => (claimed: Claimed) =>
   Effect.gen(function* () {
     const state = yield* RelayState
     if (!(yield* Ref.get(state.kafkaReachable))) yield* waitForKafka
-    if (yield* leaseTooOld(claimed)) {
-      return { claimed, outcome: { sent: [], failed: [], dead: [], held: claimed.events, kafkaUnavailable: false } }
-    }
-    // Events claimed behind an earlier failure of their key are given back: they wait
-    // behind the failed row, as any later claim would.
-    const waits = (e: ClaimedEvent) => failedKeys.mustWait(e.aggregateKey, claimed.claimedAt)
-    const published = yield* publishBatch(claimed.events.filter((e) => !waits(e))).pipe(Effect.uninterruptible)
-    const outcome: BatchOutcome = { ...published, held: [...published.held, ...claimed.events.filter(waits)] }
-    failedKeys.failed(claimed.sequence, notSentKeys(outcome))
+    const outcome: BatchOutcome = (yield* leaseTooOld(claimed))
+      ? { sent: [], failed: [], dead: [], givenBack: claimed.events, kafkaUnavailable: false }
+      : yield* Effect.flatMap(coordinator.holdBackIn(claimed.sequence), (mustHoldBack) =>
+          publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey)).pipe(Effect.uninterruptible),
+        )
+    yield* coordinator.leftUnsent([...outcome.failed.map((f) => f.event.aggregateKey), ...outcome.givenBack.map((e) => e.aggregateKey)])
     if (outcome.kafkaUnavailable) yield* Ref.set(state.kafkaReachable, false)
-    return { claimed, outcome }
+    return { claimed, outcome } satisfies Published
   })
 
-const notSentKeys = (outcome: BatchOutcome) => [
-  ...outcome.failed.map((f) => f.event.aggregateKey),
-  ...outcome.held.map((e) => e.aggregateKey),
-]
-
+/** Writes the outcome back, then lets the coordinator count the batch out of the pipeline. */
 const markPublished =
-  (held: Held, failedKeys: FailedKeys) =>
-  ({ claimed, outcome }: { readonly claimed: Claimed; readonly outcome: BatchOutcome }) =>
+  (coordinator: PipelineCoordinator) =>
+  ({ claimed, outcome }: Published) =>
     Effect.gen(function* () {
-      const config = yield* RelayConfig
-      const summary = yield* markOutcome(outcome).pipe(
-        Effect.tap(() =>
-          Effect.sync(() => {
-            failedKeys.marked(claimed.sequence, notSentKeys(outcome), Date.now())
-            failedKeys.forgetBefore(Date.now() - config.leaseMs)
-          }),
-        ),
-        Effect.ensuring(
-          Ref.update(held, (ids) => {
-            const rest = new Set(ids)
-            for (const e of claimed.events) rest.delete(e.id)
-            return rest
-          }).pipe(Effect.andThen(Effect.sync(() => failedKeys.done()))),
-        ),
-      )
+      const relayEvents = yield* RelayEvents
+      const ids = claimed.events.map((e) => e.id)
+      const summary = yield* markOutcome(outcome).pipe(Effect.ensuring(coordinator.finished(ids)))
       // Progress counts as a cycle: a long backlog drain must not look like a stalled loop.
       yield* recordCycle
-      yield* Effect.logInfo("batch relayed").pipe(Effect.annotateLogs({ claimed: claimed.events.length, ...summary }))
+      yield* relayEvents.emit({ _tag: "BatchMarked", ids, summary })
+      yield* Effect.logInfo("batch relayed").pipe(
+        Effect.annotateLogs({
+          claimed: claimed.events.length,
+          sent: summary.sent,
+          failed: summary.failed,
+          dead: summary.dead,
+          given_back: summary.givenBack,
+          lost: summary.lost,
+        }),
+      )
     }).pipe(Effect.uninterruptible)
+
+/** Gives back the leases of batches that were claimed but never published (a stop, a database error). */
+const releaseUnpublished = (coordinator: PipelineCoordinator) =>
+  Effect.gen(function* () {
+    const store = yield* OutboxStore
+    const relayEvents = yield* RelayEvents
+    const ids = yield* coordinator.leased
+    const count = yield* store.release([...ids])
+    if (count > 0) yield* Effect.logInfo("released unpublished leases").pipe(Effect.annotateLogs({ count }))
+    yield* relayEvents.emit({ _tag: "LeasesReleased", count })
+  }).pipe(
+    Effect.catch((e) =>
+      Effect.logWarning("could not release unpublished leases; they come back when they expire").pipe(
+        Effect.annotateLogs({ error: e.message }),
+      ),
+    ),
+  )
 
 /** One run of the pipeline; ends when stopping, or fails with a database error. */
 const pipeline = Effect.gen(function* () {
   const state = yield* RelayState
-  const store = yield* OutboxStore
-  const held = yield* Ref.make<ReadonlySet<string>>(new Set())
-  const failedKeys = new FailedKeys()
+  // A fresh coordinator per run: a run that failed took its batches in flight with it.
+  const coordinator = yield* makePipelineCoordinator
   const rowsSeenAt = yield* Ref.make(0)
   yield* (yield* triggers(rowsSeenAt)).pipe(
     Stream.takeUntilEffect(() => Ref.get(state.stopping)),
-    Stream.filterEffect(() => mayClaimOnTrigger),
-    Stream.flatMap(() => claimUntilDrained(held, failedKeys, rowsSeenAt).pipe(Stream.onEnd(recordCycle))),
+    Stream.filterEffect(() => claimingOnAtTrigger),
+    Stream.flatMap(() => claimUntilDrained(coordinator, rowsSeenAt).pipe(Stream.onEnd(recordCycle))),
     // Claim the next batch while this one is published…
     Stream.buffer({ capacity: 1 }),
-    Stream.mapEffect(publishClaimed(failedKeys)),
+    Stream.mapEffect(publishClaimed(coordinator)),
     // …and mark this one while the next is published.
     Stream.buffer({ capacity: 1 }),
-    Stream.mapEffect(markPublished(held, failedKeys)),
+    Stream.mapEffect(markPublished(coordinator)),
     Stream.runDrain,
-    Effect.onExit(() =>
-      Ref.get(held).pipe(
-        Effect.flatMap((ids) => store.release([...ids])),
-        Effect.tap((n) => (n > 0 ? Effect.logInfo("released unpublished leases").pipe(Effect.annotateLogs({ count: n })) : Effect.void)),
-        Effect.ignore,
-      ),
-    ),
+    Effect.onExit(() => releaseUnpublished(coordinator)),
   )
 })
 
 /** The relay loop: refuses an unknown schema, and rides out database outages with backoff. */
 export const runRelay = Effect.gen(function* () {
   const state = yield* RelayState
-  yield* requireCurrentSchema()
+  const store = yield* OutboxStore
+  yield* store.requireCurrentSchema
   yield* Effect.logInfo("relay started")
   yield* pipeline.pipe(
     Effect.tapError((e) =>

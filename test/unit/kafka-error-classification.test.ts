@@ -24,15 +24,20 @@ describe("kafka error classification", () => {
     ]) {
       const c = classifyKafkaError(e)
       expect(c._tag).toBe("KafkaUnavailable")
-      expect(c._tag === "KafkaUnavailable" && c.producerFenced).toBe(false)
+      expect(c._tag === "KafkaUnavailable" && c.reason).toBe("unreachable")
     }
   })
 
   it("flags sequence and producer-id errors so the producer is recreated", () => {
     for (const type of ["OUT_OF_ORDER_SEQUENCE_NUMBER", "UNKNOWN_PRODUCER_ID", "INVALID_PRODUCER_EPOCH"]) {
       const c = classifyKafkaError(retriesExceeded(protocolError(type)))
-      expect(c._tag === "KafkaUnavailable" && c.producerFenced).toBe(true)
+      expect(c._tag === "KafkaUnavailable" && c.reason).toBe("producer_broken")
     }
+  })
+
+  it("tells a missing topic apart, so only its events wait and the rest of the batch goes on", () => {
+    const c = classifyKafkaError(retriesExceeded(protocolError("UNKNOWN_TOPIC_OR_PARTITION")))
+    expect(c._tag === "KafkaUnavailable" && c.reason).toBe("unknown_topic")
   })
 
   it("treats anything unrecognised as retryable", () => {

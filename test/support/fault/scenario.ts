@@ -58,7 +58,7 @@ export class Scenario {
       console.error(
         `----- ${this.name}: relay ${relay.name} (pid ${relay.pid}, ${relay.running ? "running" : "exited"}): ` +
           `${batches.length} batches, claimed ${total("claimed")}, sent ${total("sent")}, failed ${total("failed")}, ` +
-          `dead ${total("dead")}, held ${total("held")}, lost ${total("lost")}; other lines (last 200): -----`,
+          `dead ${total("dead")}, given back ${total("given_back")}, lost ${total("lost")}; other lines (last 200): -----`,
       )
       console.error(notable.slice(-200).join("\n"))
       console.error(`----- ${this.name}: relay ${relay.name}, last 20 lines -----`)

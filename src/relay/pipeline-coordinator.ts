@@ -1,0 +1,116 @@
+/**
+ * Per-key order inside one instance's pipeline, as Effect state.
+ *
+ * The stages overlap: batch n+1 is claimed while batch n publishes. The claim lets an
+ * instance take rows behind its own leases, so batch n+1 may hold later events of a key
+ * whose event in batch n is not sent (failed, given back, waiting for a missing topic, its
+ * dead letter refused…). Those later events must not overtake it. One rule covers every
+ * route: an event left unsent puts its key on `holdBack` up to the highest batch claimed so
+ * far, and the publish stage gives back that key's events in those batches untried.
+ *
+ * Holding feeds itself, though: a given-back batch is marked with its events released, and
+ * the batch claimed ahead of that mark would have to be held too, and so on. So after any
+ * hold-back, claims wait (`awaitingDrain`) until every batch in flight is marked; the next
+ * claim then sees the unsent rows in the table, where the claim's own per-key check holds
+ * the key back, and the hold-back list is cleared. A claim counts as in flight from the
+ * moment it is admitted, so a claim whose statement is still running when a failure is
+ * recorded is held back too.
+ */
+import { Effect, Latch, Ref } from "effect"
+import type { ClaimedEvent } from "../domain/outbox-event.ts"
+
+interface PipelineState {
+  /** Sequence number the next admitted claim gets. */
+  readonly nextSequence: number
+  /** Claims admitted and not yet finished (marked, or found nothing). */
+  readonly inFlight: number
+  /** Ids this instance claimed and has neither marked nor released: given back on a stop. */
+  readonly leased: ReadonlySet<string>
+  /** key → the highest batch sequence whose events of that key must be given back. */
+  readonly holdBack: ReadonlyMap<string, number>
+  /** Claims wait until the pipeline is empty (set by a hold-back, cleared when inFlight reaches 0). */
+  readonly awaitingDrain: boolean
+}
+
+const initial: PipelineState = { nextSequence: 1, inFlight: 0, leased: new Set(), holdBack: new Map(), awaitingDrain: false }
+
+export interface PipelineCoordinator {
+  /** Waits while the pipeline drains after a hold-back, then admits one claim and gives its sequence. */
+  readonly admitClaim: Effect.Effect<number>
+  /** The admitted claim returned these rows (call in the same uninterruptible step as the claim). */
+  readonly claimed: (events: ReadonlyArray<ClaimedEvent>) => Effect.Effect<void>
+  /** For batch `sequence`: whether an event of a key must be given back behind an earlier unsent one. */
+  readonly holdBackIn: (sequence: number) => Effect.Effect<(key: string | null) => boolean>
+  /** Events of these keys were left unsent by a batch: later ones already claimed must wait. */
+  readonly leftUnsent: (keys: Iterable<string | null>) => Effect.Effect<void>
+  /** A claim finished: its rows are marked or released (or it found none). */
+  readonly finished: (ids: ReadonlyArray<string>) => Effect.Effect<void>
+  /** Leases this instance holds and has not marked. */
+  readonly leased: Effect.Effect<ReadonlySet<string>>
+}
+
+export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effect.gen(function* () {
+  const state = yield* Ref.make(initial)
+  // A wake-up for claims waiting on a drain; the state in the Ref is what decides.
+  const drained = yield* Latch.make(true)
+
+  const admitClaim: Effect.Effect<number> = Effect.gen(function* () {
+    while (true) {
+      const sequence = yield* Ref.modify(state, (s): readonly [number | undefined, PipelineState] =>
+        s.awaitingDrain ? [undefined, s] : [s.nextSequence, { ...s, nextSequence: s.nextSequence + 1, inFlight: s.inFlight + 1 }],
+      )
+      if (sequence !== undefined) return sequence
+      // Close first, then look again: a drain that completes in between opens it after us.
+      yield* drained.close
+      if (!(yield* Ref.get(state)).awaitingDrain) continue
+      yield* drained.await
+    }
+  })
+
+  const claimed = (events: ReadonlyArray<ClaimedEvent>) =>
+    events.length === 0
+      ? Effect.void
+      : Ref.update(state, (s) => {
+          const leased = new Set(s.leased)
+          for (const e of events) leased.add(e.id)
+          return { ...s, leased }
+        })
+
+  const holdBackIn = (sequence: number) =>
+    Ref.get(state).pipe(
+      Effect.map(
+        ({ holdBack }) =>
+          (key: string | null) =>
+            key !== null && holdBack.size > 0 && (holdBack.get(key) ?? 0) >= sequence,
+      ),
+    )
+
+  const leftUnsent = (keys: Iterable<string | null>) =>
+    Ref.update(state, (s) => {
+      let holdBack: Map<string, number> | undefined
+      // Every batch admitted so far, including a claim whose statement is still running.
+      const through = s.nextSequence - 1
+      for (const key of keys) {
+        if (key === null) continue
+        holdBack ??= new Map(s.holdBack)
+        holdBack.set(key, through)
+      }
+      return holdBack === undefined ? s : { ...s, holdBack, awaitingDrain: true }
+    })
+
+  const finished = (ids: ReadonlyArray<string>) =>
+    Ref.modify(state, (s): readonly [boolean, PipelineState] => {
+      const leased = new Set(s.leased)
+      for (const id of ids) leased.delete(id)
+      const inFlight = Math.max(0, s.inFlight - 1)
+      // Empty pipeline: every unsent row is marked, so claims see them and hold their keys themselves.
+      return inFlight === 0
+        ? [s.awaitingDrain, { ...s, leased, inFlight, holdBack: new Map(), awaitingDrain: false }]
+        : [false, { ...s, leased, inFlight }]
+    }).pipe(
+      Effect.flatMap((reopened) => (reopened ? drained.open : Effect.void)),
+      Effect.asVoid,
+    )
+
+  return { admitClaim, claimed, holdBackIn, leftUnsent, finished, leased: Ref.get(state).pipe(Effect.map((s) => s.leased)) }
+})
