@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # outbox-relay: runs its TypeScript sources directly with Node's type stripping.
 #
 #   docker build -t outbox-relay .
@@ -7,7 +5,10 @@
 #   docker run --rm -e DATABASE_URL=... -e KAFKA_BROKERS=... -p 8080:8080 outbox-relay      (= run)
 #   docker run --rm -e DATABASE_URL=... outbox-relay dlq list
 #
-# Pin NODE_IMAGE by digest in production builds (node:22-bookworm-slim@sha256:...).
+# Pin NODE_IMAGE by digest in production builds (node:22-bookworm-slim@sha256:...). Where no
+# image registry is reachable, pass a local Node 22 base instead (scripts/container-smoke.sh
+# makes one). No `# syntax=` line on purpose: BuildKit would pull that frontend from a
+# registry, and its built-in frontend already understands everything used here.
 ARG NODE_IMAGE=node:22-bookworm-slim
 
 # --- production dependencies only -------------------------------------------------------------
