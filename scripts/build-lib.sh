@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds the library entry points (outbox-relay/writer, outbox-relay/consumer) as JavaScript
-# plus .d.ts: Node strips types only outside node_modules, so an installed package must ship JS.
+# Builds the library entry points (outbox-relay/writer, outbox-relay/consumer) and the command
+# line (dist/cli/main.js, what bin/outbox-relay runs in an installed copy) as JavaScript plus
+# .d.ts: Node strips types only outside node_modules, so an installed package must ship JS.
 #
 #   build-lib.sh [OUT_DIR]     # default: dist/
 #
-# tsc compiles src/writer.ts, src/consumer.ts and what they import; rewriteRelativeImportExtensions
+# tsc compiles src/writer.ts, src/consumer.ts, src/cli/main.ts and what they import; rewriteRelativeImportExtensions
 # turns the `./x.ts` specifiers into `./x.js`. The result is then imported by plain Node as a smoke test.
 set -euo pipefail
 
@@ -28,7 +29,7 @@ cat >"$CONFIG_DIR/tsconfig.json" <<JSON
     "outDir": "$OUT"
   },
   "include": [],
-  "files": ["../../src/writer.ts", "../../src/consumer.ts"]
+  "files": ["../../src/writer.ts", "../../src/consumer.ts", "../../src/cli/main.ts"]
 }
 JSON
 
@@ -44,4 +45,5 @@ npx tsc -p "$CONFIG_DIR/tsconfig.json"
     if (typeof m[expected] !== 'function') throw new Error(name + ' entry point lacks ' + expected)
   }
 "
+[[ $OUT == "$ROOT"/* ]] && npx node "$OUT/cli/main.js" --help >/dev/null
 printf 'build-lib: %s files in %s\n' "$(find "$OUT" -name '*.js' | wc -l)" "$OUT" >&2

@@ -10,15 +10,52 @@
  * - groupMessagesPerPartition: copied the partition's array for every message (O(n²)).
  * Idempotent. Fails loudly when kafkajs is another version or the code moved, so a dependency
  * bump cannot silently drop the patch (the unit test `kafkajs-patch.test.ts` checks it too).
+ *
+ * Which kafkajs: the one this package's code resolves (require.resolve from here), wherever
+ * npm put it. When outbox-relay is itself installed as a dependency, kafkajs is a peer: the
+ * resolved copy is the service's own, shared with the service's code. That copy is left alone
+ * unless OUTBOX_RELAY_PATCH_KAFKAJS=1 asks for it (the relay and the consumer work unpatched;
+ * the patch only saves CPU when publishing at high rates), and the script says so in one line.
+ * Every outcome prints one line naming the kafkajs it looked at: nothing reads as "patched"
+ * unless the files were written.
  */
-import { existsSync, readFileSync, writeFileSync } from "node:fs"
-import { dirname, join } from "node:path"
+import { readFileSync, realpathSync, writeFileSync } from "node:fs"
+import { createRequire } from "node:module"
+import { dirname, join, sep } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const VERSION = "2.2.4"
 const MARKER = "/* outbox-relay patch */"
+const OPT_IN = "OUTBOX_RELAY_PATCH_KAFKAJS"
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..", "node_modules", "kafkajs")
+const say = (message) => process.stdout.write(`patch-kafkajs: ${message}\n`)
+const fail = (message) => {
+  process.stderr.write(`patch-kafkajs: ${message}\n`)
+  process.exit(1)
+}
+
+const packageRoot = realpathSync(join(dirname(fileURLToPath(import.meta.url)), ".."))
+// This checkout (or the image's /app) is the project; under a node_modules folder it is a dependency.
+const asDependency = packageRoot.split(sep).includes("node_modules")
+
+let root
+try {
+  root = dirname(createRequire(join(packageRoot, "package.json")).resolve("kafkajs/package.json"))
+} catch {
+  // A partial install (e.g. --omit=peer): nothing to patch, and nothing claimed.
+  say(`kafkajs is not installed${asDependency ? " (a peer dependency of outbox-relay: npm install kafkajs@2)" : ""}; nothing patched`)
+  process.exit(0)
+}
+const version = JSON.parse(readFileSync(join(root, "package.json"), "utf8")).version
+
+if (asDependency && process.env[OPT_IN] !== "1") {
+  say(
+    `outbox-relay is installed as a dependency: kafkajs ${version} at ${root} is your project's own copy, left unpatched ` +
+      `(works as is; the patch only saves CPU when publishing). To patch it: ${OPT_IN}=1 node ${join(packageRoot, "scripts", "patch-kafkajs.mjs")}`,
+  )
+  process.exit(0)
+}
+if (version !== VERSION) fail(`expected kafkajs ${VERSION} at ${root}, found ${version}: review the patches in scripts/patch-kafkajs.mjs`)
 
 const patches = [
   {
@@ -72,18 +109,6 @@ const patches = [
   },
 ]
 
-const fail = (message) => {
-  process.stderr.write(`patch-kafkajs: ${message}\n`)
-  process.exit(1)
-}
-
-if (!existsSync(root)) {
-  // Installed without kafkajs (e.g. a partial install): nothing to patch.
-  process.exit(0)
-}
-const version = JSON.parse(readFileSync(join(root, "package.json"), "utf8")).version
-if (version !== VERSION) fail(`expected kafkajs ${VERSION}, found ${version}: review the patches in scripts/patch-kafkajs.mjs`)
-
 let applied = 0
 for (const { file, edits } of patches) {
   const path = join(root, file)
@@ -96,4 +121,4 @@ for (const { file, edits } of patches) {
   writeFileSync(path, `${MARKER}\n${text}`)
   applied++
 }
-if (applied > 0) process.stdout.write(`patch-kafkajs: patched ${applied} kafkajs file(s)\n`)
+say(applied > 0 ? `patched ${applied} file(s) of kafkajs ${version} at ${root}` : `kafkajs ${version} at ${root} is already patched`)
