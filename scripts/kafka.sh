@@ -25,8 +25,11 @@ readonly LIBS="$CACHE_DIR/libs"
 readonly MARKER="$CACHE_DIR/.fetched"
 
 # Shell snippet: close every fd above 2 (run by a helper shell right before exec'ing a daemon).
+# No redirection on the loop: bash would park the real stderr on a high fd while the loop runs,
+# the loop would close that fd too, and the daemon's stderr would stay /dev/null. The -L test
+# skips the fd that listing /proc/$$/fd used and has closed again.
 # shellcheck disable=SC2016 # expands in the helper shell
-readonly CLOSE_FDS='for f in /proc/$$/fd/*; do f=${f##*/}; if [ "$f" -gt 2 ]; then eval "exec $f>&-"; fi; done 2>/dev/null'
+readonly CLOSE_FDS='for f in /proc/$$/fd/*; do f=${f##*/}; if [ "$f" -gt 2 ] && [ -L "/proc/$$/fd/$f" ]; then eval "exec $f>&-"; fi; done'
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
