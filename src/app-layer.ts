@@ -3,6 +3,7 @@ import { Layer } from "effect"
 import type { RelayConfig } from "./config/config.ts"
 import { HttpApiLive } from "./http/http-server.ts"
 import { Publisher } from "./kafka/publisher.ts"
+import { KafkaStartupCheck } from "./kafka/startup-check.ts"
 import { DeadLetterSignal } from "./ops/dead-letter-signal.ts"
 import { DatabaseLive } from "./outbox/database.ts"
 import { InstanceId } from "./outbox/instance-id.ts"
@@ -27,11 +28,12 @@ export const appLayer = <E>(config: Layer.Layer<RelayConfig, E>) => ServicesLive
 
 /**
  * What `run` adds around the loop: OpenTelemetry (metrics, and traces when an OTLP
- * endpoint is set), the HTTP API on HTTP_PORT, the backlog gauges and retention. Telemetry is
+ * endpoint is set), the HTTP API on HTTP_PORT, the backlog gauges, retention and the Kafka
+ * startup check (an unreachable broker is logged even while there is nothing to send). Telemetry is
  * built first and closed last, so spans of the final batch are still flushed.
  */
 export const runLayer = <E>(config: Layer.Layer<RelayConfig, E>) =>
-  Layer.mergeAll(HttpApiLive, BacklogGaugesLive, RetentionLive).pipe(
+  Layer.mergeAll(HttpApiLive, BacklogGaugesLive, RetentionLive, KafkaStartupCheck).pipe(
     Layer.provideMerge(ServicesLive),
     Layer.provideMerge(TelemetryLive.pipe(Layer.provide(LoggerLive))),
     Layer.provideMerge(config),

@@ -70,6 +70,12 @@ export const dlqCommand = Command.make("dlq").pipe(
   Command.withSubcommands([listCommand]),
 )
 
+/** An id out of the table's range is a typing error: say so before reading any configuration. */
+const refuseBadIds = (ids: ReadonlyArray<string>) => {
+  const problem = ids.map(rowIdProblem).find((p) => p !== undefined)
+  return problem === undefined ? Effect.void : Effect.fail(new CommandFailed({ message: `--id ${problem}`, exitCode: 2 }))
+}
+
 export const replayCommand = Command.make(
   "replay",
   {
@@ -87,8 +93,6 @@ export const replayCommand = Command.make(
   (f) =>
     reportFailures(
       Effect.gen(function* () {
-        const badId = f.id.map((id) => rowIdProblem(id)).find((problem) => problem !== undefined)
-        if (badId !== undefined) return yield* new CommandFailed({ message: `--id ${badId}`, exitCode: 2 })
         const selection: EventSelection = {
           ids: f.id,
           dedupKeys: f.dedupKey,
@@ -112,7 +116,7 @@ export const replayCommand = Command.make(
             ? `Dry run: ${result.events.length} ${f.status} event(s) would be requeued.`
             : `Requeued ${result.events.length} ${f.status} event(s) as NEW${result.auditId ? ` (audit #${result.auditId})` : ""}.`,
         )
-      }).pipe(Effect.provide(StoreLive)),
+      }).pipe(Effect.provide(StoreLive), (replay) => Effect.andThen(refuseBadIds(f.id), replay)),
     ),
 ).pipe(
   Command.withDescription(

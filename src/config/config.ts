@@ -2,6 +2,7 @@
  * The one place configuration comes from. Every variable is declared here once; the
  * README's table and `outbox-relay --help` are checked against this list.
  */
+import { isIP } from "node:net"
 import { Context, Effect, Layer, Redacted, Result, Schema } from "effect"
 import { isValidTopicName, mergeTopicMap, type TopicMap } from "../domain/event-types.ts"
 import { type Env, type Setting, Settings } from "./settings.ts"
@@ -64,6 +65,12 @@ const readEndpointUrl = (raw: string): Result.Result<string, string> => {
     return Result.fail("must be an http(s) URL")
   }
 }
+
+/** An IP address or a host name to bind to; the listen call itself says whether it is this machine's. */
+const readHost = (raw: string): Result.Result<string, string> =>
+  isIP(raw) !== 0 || /^[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?$/.test(raw)
+    ? Result.succeed(raw)
+    : Result.fail(`must be an IP address or host name such as 127.0.0.1, 0.0.0.0 or ::, got "${raw}"`)
 
 const topicCheck = (s: string) => (isValidTopicName(s) ? undefined : `must be a Kafka topic name ([a-zA-Z0-9._-], at most 249), got "${s}"`)
 
@@ -130,6 +137,11 @@ export const settings = {
     max: 65535,
     default: 8080,
   }),
+  httpHost: Settings.optionalCustom(
+    "HTTP_HOST",
+    "Address HTTP_PORT is bound to, e.g. 127.0.0.1 to serve this host only; unset = every interface (IPv4 and IPv6)",
+    readHost,
+  ),
   adminToken: Settings.optionalSecret("ADMIN_TOKEN", "Bearer token for the admin API; unset = admin API off", (s) =>
     s.length < 16 ? "must be at least 16 characters" : undefined,
   ),

@@ -6,6 +6,7 @@
 import { Result, Schema } from "effect"
 import { DeadReason } from "../domain/errors.ts"
 import type { EventSelection } from "../outbox/dead-letter-store.ts"
+import { rowIdProblem } from "../outbox/row-id.ts"
 
 const MAX_LIST = 1000
 const MAX_SELECTORS = 10_000
@@ -15,11 +16,7 @@ const IsoTime = Schema.String.check(
   Schema.makeFilter((s) => (ISO_TIME.test(s) && !Number.isNaN(Date.parse(s)) ? undefined : `must be an ISO 8601 date or time, got "${s}"`)),
 )
 const Text = Schema.String.check(Schema.makeFilter((s) => (s.trim() !== "" ? undefined : "must not be empty")))
-const RowId = Schema.Union([Schema.String, Schema.Number]).check(
-  Schema.makeFilter((id) =>
-    /^[1-9]\d{0,18}$/.test(String(id)) ? undefined : `must be an outbox row id (a positive integer), got ${JSON.stringify(id)}`,
-  ),
-)
+const RowId = Schema.Union([Schema.String, Schema.Number]).check(Schema.makeFilter(rowIdProblem))
 const LimitParam = Schema.String.check(
   Schema.makeFilter((s) =>
     /^\d+$/.test(s) && Number(s) >= 1 && Number(s) <= MAX_LIST ? undefined : `must be a whole number from 1 to ${MAX_LIST}, got "${s}"`,

@@ -13,6 +13,7 @@ import { OutboxStore } from "../outbox/outbox-store.ts"
 import { RelayState } from "../relay/relay-state.ts"
 import { decodeDeadLetterQuery, decodeReplayRequest } from "./admin-requests.ts"
 import { bearerTokenCheck } from "./bearer-auth.ts"
+import { isBodyTooLarge, payloadTooLarge } from "./body-limit.ts"
 import { dependencyChecks } from "./health-routes.ts"
 import { badRequest, HttpProblem, json, respond, unavailable } from "./responses.ts"
 
@@ -104,7 +105,9 @@ const adminRoutes = (token: Redacted.Redacted<string>) =>
         "/admin/replay",
         Effect.gen(function* () {
           const request = yield* HttpServerRequest.HttpServerRequest
-          const body = yield* request.json.pipe(Effect.mapError(() => badRequest("the body must be a JSON object")))
+          const body = yield* request.json.pipe(
+            Effect.mapError((e) => (isBodyTooLarge(e) ? payloadTooLarge() : badRequest("the body must be a JSON object"))),
+          )
           const replay = decodeReplayRequest(body)
           if (Result.isFailure(replay)) return yield* badRequest(replay.failure)
           const { selection, dryRun, actor } = replay.success

@@ -8,6 +8,7 @@ import { HttpRouter } from "effect/http"
 import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import { Publisher } from "../kafka/publisher.ts"
+import { describeKafkaProblem } from "../kafka/startup-check.ts"
 import { sqlErrorMessage } from "../outbox/sql-error.ts"
 import { RelayState } from "../relay/relay-state.ts"
 import { json } from "./responses.ts"
@@ -39,7 +40,7 @@ export const dependencyChecks = Effect.gen(function* () {
   return Effect.all(
     {
       database: runCheck(sql`SELECT 1`, config.readyTimeoutMs, sqlErrorMessage),
-      kafka: runCheck(publisher.checkReachable, config.readyTimeoutMs, (e) => e.message),
+      kafka: runCheck(publisher.checkReachable, config.readyTimeoutMs, (e) => describeKafkaProblem(e.message, config)),
     },
     { concurrency: "unbounded" },
   ).pipe(

@@ -18,7 +18,7 @@ export const unavailable = (message: string) => new HttpProblem({ status: 503, e
 
 export const json = (body: unknown, status = 200) => HttpServerResponse.jsonUnsafe(body, { status })
 
-const problemResponse = (p: HttpProblem) =>
+export const problemResponse = (p: HttpProblem) =>
   HttpServerResponse.jsonUnsafe({ error: p.error, message: p.message }, { status: p.status, headers: p.headers ?? {} })
 
 export const respond = <R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, HttpProblem, R>) =>

@@ -37,6 +37,20 @@ describe("admin API input", () => {
     expect(failure(decodeReplayRequest({ dedupKeys: ["a"] }))).toContain("dedupKeys")
     expect(failure(decodeReplayRequest({ ids: ["1; DROP TABLE"] }))).toContain("ids")
     expect(failure(decodeReplayRequest({ ids: [0] }))).toContain("ids")
+    expect(failure(decodeReplayRequest({ ids: [1.5] }))).toContain("ids")
+  })
+
+  it("refuses ids beyond the table's bigint range, and numbers JSON cannot carry exactly", () => {
+    expect(Result.getOrThrow(decodeReplayRequest({ ids: ["9223372036854775807", 9007199254740991] })).selection.ids).toEqual([
+      "9223372036854775807",
+      "9007199254740991",
+    ])
+    for (const id of ["9223372036854775808", "9999999999999999999", "99999999999999999999", "09", "-1"]) {
+      expect(failure(decodeReplayRequest({ ids: [id] })), id).toContain("from 1 to 9223372036854775807")
+    }
+    // 2^63 as a JSON number arrives rounded: refused, with the advice to send it as a string.
+    expect(failure(decodeReplayRequest({ ids: [2 ** 63] }))).toContain("must be given as a string")
+    expect(failure(decodeReplayRequest({ ids: [2 ** 53 + 2] }))).toContain("must be given as a string")
     expect(failure(decodeReplayRequest({ since: "last week" }))).toContain("since")
     expect(failure(decodeReplayRequest({ all: true, status: "SENT" }))).toContain("status")
     expect(failure(decodeReplayRequest({ all: "yes" }))).toContain("all")

@@ -25,6 +25,7 @@ describe("configuration", () => {
     expect(c.dlqTopic).toBe("outbox.dlq")
     expect(c.relayPaused).toBe(false)
     expect(c.httpPort).toBe(8080)
+    expect(c.httpHost).toBeUndefined()
     expect(c.retention).toBe(7 * 86_400_000)
     expect(c.logLevel).toBe("info")
     expect(c.logFormat).toBe("json")
@@ -89,6 +90,8 @@ describe("configuration", () => {
     ["READY_TIMEOUT_MS", "99999"],
     ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"],
     ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://collector:4317"],
+    ["HTTP_HOST", "http://127.0.0.1"],
+    ["HTTP_HOST", "127.0.0.1:8080"],
   ])("rejects %s=%s naming the variable", (name, value) => {
     expect(problems({ ...valid, [name]: value })).toEqual([name])
   })
@@ -105,6 +108,12 @@ describe("configuration", () => {
     expect(problems({ ...valid, BACKOFF_BASE_MS: "1000", BACKOFF_MAX_MS: "500" })).toEqual(["BACKOFF_MAX_MS"])
     expect(problems({ ...valid, LEASE_MS: "5000", PUBLISH_TIMEOUT_MS: "2000" })).toEqual(["PUBLISH_TIMEOUT_MS"])
     expect(problems({ ...valid, KAFKA_SASL_MECHANISM: "plain" })).toEqual(["KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"])
+  })
+
+  it("reads HTTP_HOST as an address or host name to bind", () => {
+    for (const host of ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "relay-0.internal"]) {
+      expect(Result.getOrThrow(parseConfig({ ...valid, HTTP_HOST: host })).httpHost).toBe(host)
+    }
   })
 
   it("merges TOPIC_MAP over the defaults", () => {

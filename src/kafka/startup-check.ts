@@ -1,0 +1,73 @@
+/**
+ * At start, asks the cluster whether it answers (Publisher.checkReachable), so a broker
+ * that cannot be reached or authenticated is reported at once, not only when the first
+ * event waits for it: an idle relay would otherwise say nothing. Retried with backoff
+ * until it answers; the first failure, a change of reason and the recovery are logged.
+ */
+import { Duration, Effect, Layer, Schedule } from "effect"
+import { RelayConfig, type RelayConfigShape } from "../config/config.ts"
+import { Publisher } from "./publisher.ts"
+
+/**
+ * The likely misconfiguration behind a kafkajs connection error, in the operator's terms
+ * (which variable to look at); undefined when the message says enough by itself.
+ */
+export const kafkaProblemHint = (message: string, config: Pick<RelayConfigShape, "kafkaBrokers" | "kafkaSsl">): string | undefined => {
+  const brokers = config.kafkaBrokers.join(",")
+  if (/ENOTFOUND|EAI_AGAIN/.test(message)) return `a host name in KAFKA_BROKERS (${brokers}) does not resolve`
+  if (/ECONNREFUSED/.test(message)) return `nothing listens at KAFKA_BROKERS (${brokers})`
+  if (/TLS|SSL|certificate|EPROTO/i.test(message)) {
+    return config.kafkaSsl
+      ? "KAFKA_SSL=true: does the broker's listener speak TLS, and is its certificate trusted?"
+      : "the broker's listener may require TLS: set KAFKA_SSL=true"
+  }
+  if (/SASL|authenticat/i.test(message)) {
+    return "SASL failed: check KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD, and that the broker's listener has SASL on"
+  }
+  if (/timed? ?out/i.test(message))
+    return `no answer from KAFKA_BROKERS (${brokers}): a firewall, or TLS/SASL settings that do not match the listener?`
+  return undefined
+}
+
+/** The error text with its hint, as the log and /readyz give it. */
+export const describeKafkaProblem = (message: string, config: Pick<RelayConfigShape, "kafkaBrokers" | "kafkaSsl">): string => {
+  const hint = kafkaProblemHint(message, config)
+  return hint === undefined ? message : `${message} (${hint})`
+}
+
+// One attempt may not hang the check: a TLS handshake against a plaintext port can stall.
+const ATTEMPT_TIMEOUT = Duration.seconds(15)
+
+export const KafkaStartupCheck = Layer.effectDiscard(
+  Effect.gen(function* () {
+    const publisher = yield* Publisher
+    const config = yield* RelayConfig
+    const brokers = config.kafkaBrokers.join(",")
+
+    let lastProblem: string | undefined
+    const attempt = publisher.checkReachable.pipe(
+      Effect.timeoutOrElse({
+        duration: ATTEMPT_TIMEOUT,
+        orElse: () => Effect.fail({ message: `timed out after ${Duration.toMillis(ATTEMPT_TIMEOUT)} ms` }),
+      }),
+      Effect.tapError((e) => {
+        const problem = describeKafkaProblem(e.message, config)
+        if (problem === lastProblem) return Effect.logDebug("Kafka still not reachable").pipe(Effect.annotateLogs({ error: problem }))
+        const first = lastProblem === undefined
+        lastProblem = problem
+        return Effect.logError(first ? "Kafka is not reachable" : "Kafka is not reachable (new reason)").pipe(
+          Effect.annotateLogs({ brokers, error: problem }),
+        )
+      }),
+      Effect.tap(() =>
+        lastProblem === undefined
+          ? Effect.logDebug("Kafka reachable").pipe(Effect.annotateLogs({ brokers }))
+          : Effect.logInfo("Kafka is reachable again").pipe(Effect.annotateLogs({ brokers })),
+      ),
+    )
+    // 1 s, 2 s, 4 s … capped at 30 s: quick to see a fixed broker, quiet while it stays broken.
+    const backoff = Schedule.exponential(Duration.seconds(1)).pipe((exp) => Schedule.min([exp, Schedule.spaced(Duration.seconds(30))]))
+    // The schedule never ends, so no failure gets past the retry: `ignore` only drops the error type.
+    yield* Effect.forkScoped(attempt.pipe(Effect.retry(backoff), Effect.ignore, Effect.withTracerEnabled(false)))
+  }),
+)
