@@ -4,7 +4,7 @@
  * event waits for it: an idle relay would otherwise say nothing. Retried with backoff
  * until it answers; the first failure, a change of reason and the recovery are logged.
  */
-import { Duration, Effect, Layer, Schedule } from "effect"
+import { Duration, Effect, Layer, Ref, Schedule, Schema } from "effect"
 import { RelayConfig, type RelayConfigShape } from "../config/config.ts"
 import { Publisher } from "./publisher.ts"
 
@@ -38,31 +38,48 @@ export const describeKafkaProblem = (message: string, config: Pick<RelayConfigSh
 // One attempt may not hang the check: a TLS handshake against a plaintext port can stall.
 const ATTEMPT_TIMEOUT = Duration.seconds(15)
 
+/** The cluster did not answer the startup check; `message` has the reason and its hint. */
+export class KafkaNotReachable extends Schema.TaggedError<KafkaNotReachable>()("KafkaNotReachable", {
+  message: Schema.String,
+}) {}
+
 export const KafkaStartupCheck = Layer.effectDiscard(
   Effect.gen(function* () {
     const publisher = yield* Publisher
     const config = yield* RelayConfig
     const brokers = config.kafkaBrokers.join(",")
+    // The reason last logged: a retry failing the same way stays quiet.
+    const lastProblem = yield* Ref.make<string | undefined>(undefined)
 
-    let lastProblem: string | undefined
     const attempt = publisher.checkReachable.pipe(
+      Effect.mapError((e) => new KafkaNotReachable({ message: describeKafkaProblem(e.message, config) })),
       Effect.timeoutOrElse({
         duration: ATTEMPT_TIMEOUT,
-        orElse: () => Effect.fail({ message: `timed out after ${Duration.toMillis(ATTEMPT_TIMEOUT)} ms` }),
+        orElse: () =>
+          Effect.fail(
+            new KafkaNotReachable({
+              message: describeKafkaProblem(`timed out after ${Duration.toMillis(ATTEMPT_TIMEOUT)} ms`, config),
+            }),
+          ),
       }),
-      Effect.tapError((e) => {
-        const problem = describeKafkaProblem(e.message, config)
-        if (problem === lastProblem) return Effect.logDebug("Kafka still not reachable").pipe(Effect.annotateLogs({ error: problem }))
-        const first = lastProblem === undefined
-        lastProblem = problem
-        return Effect.logError(first ? "Kafka is not reachable" : "Kafka is not reachable (new reason)").pipe(
-          Effect.annotateLogs({ brokers, error: problem }),
-        )
-      }),
+      Effect.tapError((e) =>
+        Effect.gen(function* () {
+          const previous = yield* Ref.getAndSet(lastProblem, e.message)
+          if (previous === e.message) {
+            return yield* Effect.logDebug("Kafka still not reachable").pipe(Effect.annotateLogs({ error: e.message }))
+          }
+          yield* Effect.logError(previous === undefined ? "Kafka is not reachable" : "Kafka is not reachable (new reason)").pipe(
+            Effect.annotateLogs({ brokers, error: e.message }),
+          )
+        }),
+      ),
       Effect.tap(() =>
-        lastProblem === undefined
-          ? Effect.logDebug("Kafka reachable").pipe(Effect.annotateLogs({ brokers }))
-          : Effect.logInfo("Kafka is reachable again").pipe(Effect.annotateLogs({ brokers })),
+        Effect.gen(function* () {
+          const wasDown = (yield* Ref.get(lastProblem)) !== undefined
+          yield* wasDown
+            ? Effect.logInfo("Kafka is reachable again").pipe(Effect.annotateLogs({ brokers }))
+            : Effect.logDebug("Kafka reachable").pipe(Effect.annotateLogs({ brokers }))
+        }),
       ),
     )
     // 1 s, 2 s, 4 s … capped at 30 s: quick to see a fixed broker, quiet while it stays broken.
