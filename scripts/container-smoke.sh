@@ -6,8 +6,8 @@
 #
 # Checks, in the container: `migrate` on a fresh database; `run` relays a few hundred rows (read
 # back from Kafka); the HEALTHCHECK turns healthy; the process runs as a non-root uid; `docker
-# stop` exits 0 and leaves no lease; `demo` prints SENT lines; a bad configuration exits 2 with
-# its message.
+# stop` exits 0 and leaves no lease; kafkajs is patched; `demo` prints SENT lines; a bad
+# configuration exits 2 with its message.
 #
 # No image registry is reachable on the CI machines (see ../shared/CONTAINER.md in the project
 # notes): the engine is Debian's docker.io, started here with its own socket and stopped by pid,
@@ -292,6 +292,11 @@ smoke() {
   leased=$(psql_smoke -c "SELECT count(*) FROM outbox_event WHERE locked_until > now()")
   [[ $leased == 0 ]] || die "$leased rows still leased after docker stop"
   log "ok: docker stop exited 0 in $(( $(date +%s%3N) - t0 )) ms; no lease left ($(psql_smoke -c "SELECT count(*) FROM outbox_event WHERE status = 'SENT'") of $(( rows + 3000 )) rows sent)"
+
+  # The Dockerfile installs with --ignore-scripts and runs the kafkajs patch itself.
+  run_once --entrypoint node "$IMAGE" -e 'const fs = require("fs"); for (const f of ["src/protocol/encoder.js", "src/producer/groupMessagesPerPartition.js"]) if (!fs.readFileSync(require.resolve("kafkajs/" + f), "utf8").startsWith("/* outbox-relay patch */")) { console.error("unpatched: " + f); process.exit(1) }'
+  (( RC == 0 )) || { echo "$OUT" >&2; die "kafkajs in the image is not patched"; }
+  log "ok: kafkajs in the image is patched"
 
   run_once "${env[@]}" "$IMAGE" demo
   local sent_lines
