@@ -18,14 +18,24 @@
 export { type ConsumedEvent, type ConsumedMessage, dedupKeyHeader } from "./consumer/consumed-message.ts"
 export {
   type ConsumerStats,
+  consumerDatabaseOutages,
   consumerDeadLetters,
   consumerDuplicates,
   consumerHandlerFailures,
   consumerInboxExpired,
+  consumerKafkaRestarts,
   consumerProcessed,
 } from "./consumer/consumer-stats.ts"
 export type { ConsumerDeadReason } from "./consumer/dead-letter.ts"
-export { ConsumerKafkaError, HandlerFailed, InboxTableMissing, InvalidConsumerOptions, UnprocessableMessage } from "./consumer/errors.ts"
+export {
+  ConsumerKafkaError,
+  DatabaseUnavailable,
+  HandlerFailed,
+  InboxRejected,
+  InboxTableMissing,
+  InvalidConsumerOptions,
+  UnprocessableMessage,
+} from "./consumer/errors.ts"
 export {
   IdempotentConsumer,
   type IdempotentConsumerHandle,

@@ -1,7 +1,7 @@
 /** A Kafka message as the handler sees it: the relay's headers read out, the value decoded. */
 import { Option, Result, Schema, type Tracer } from "effect"
 import { Headers, HttpTraceContext } from "effect/http"
-import type { KafkaMessage } from "kafkajs"
+import type { IHeaders, KafkaMessage } from "kafkajs"
 import { UnprocessableMessage } from "./errors.ts"
 
 /** The message before decoding: what a dedup-key function or the dead-letter record needs. */
@@ -12,9 +12,20 @@ export interface ConsumedMessage {
   readonly key: string | null
   /** The value as sent: the outbox payload's JSON text. */
   readonly value: string | null
-  /** Every header as a string (a repeated header keeps its last value). */
+  /**
+   * Every header that is valid UTF-8, as a string (a repeated header keeps its last value).
+   * A header whose bytes are not UTF-8 is left out, and named in `malformedHeaders`.
+   */
   readonly headers: Readonly<Record<string, string>>
+  /** Headers whose bytes are not valid UTF-8: decoding them would map distinct bytes to one string. */
+  readonly malformedHeaders: ReadonlyArray<string>
   readonly timestamp: string
+  /** The bytes as received, so a dead letter carries exactly what came in. */
+  readonly raw: {
+    readonly key: Buffer | null
+    readonly value: Buffer | null
+    readonly headers: IHeaders
+  }
 }
 
 /** What the handler gets: the message, the relay's correlation headers, and the decoded payload. */
@@ -29,47 +40,86 @@ export interface ConsumedEvent<A> extends ConsumedMessage {
   readonly attempt: number
 }
 
-const headerText = (value: Buffer | string | ReadonlyArray<Buffer | string> | undefined): string | undefined => {
+// fatal: invalid bytes are an error, not U+FFFD. Lossy decoding would make `k\xff` and `k\xfe` one key.
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
+
+type HeaderText = { readonly _tag: "Text"; readonly text: string } | { readonly _tag: "Malformed" }
+
+const headerText = (value: Buffer | string | ReadonlyArray<Buffer | string> | undefined): HeaderText | undefined => {
   if (value === undefined) return undefined
-  if (typeof value === "string") return value
-  if (Buffer.isBuffer(value)) return value.toString("utf8")
+  if (typeof value === "string") return { _tag: "Text", text: value }
+  if (Buffer.isBuffer(value)) {
+    try {
+      return { _tag: "Text", text: strictUtf8.decode(value) }
+    } catch {
+      return { _tag: "Malformed" }
+    }
+  }
   const last = value[value.length - 1]
   return last === undefined ? undefined : headerText(last)
 }
 
 export const fromKafkaMessage = (topic: string, partition: number, message: KafkaMessage): ConsumedMessage => {
   const headers: Record<string, string> = {}
+  const malformedHeaders: Array<string> = []
   for (const [name, value] of Object.entries(message.headers ?? {})) {
     const text = headerText(value)
-    if (text !== undefined) headers[name] = text
+    if (text?._tag === "Text") headers[name] = text.text
+    else if (text?._tag === "Malformed") malformedHeaders.push(name)
   }
   return {
     topic,
     partition,
     offset: message.offset,
+    // The Kafka key is informational (the dedup key is a header), so a lossy decode is harmless here.
     key: message.key === null ? null : message.key.toString("utf8"),
     value: message.value === null ? null : message.value.toString("utf8"),
     headers,
+    malformedHeaders,
     timestamp: message.timestamp,
+    raw: { key: message.key, value: message.value, headers: message.headers ?? {} },
   }
 }
 
 const MAX_KEY_BYTES = 1000
 const utf8 = new TextEncoder()
 
+/** Why a text cannot be stored as-is in a PostgreSQL text column, if it cannot (NUL, too large for the index). */
+const textProblem = (text: string): string | undefined =>
+  text.includes("\u0000")
+    ? "contains a NUL byte"
+    : utf8.encode(text).length > MAX_KEY_BYTES
+      ? `is longer than ${MAX_KEY_BYTES} bytes`
+      : undefined
+
 /**
- * Why a key cannot go into the inbox, if it cannot: a key PostgreSQL would refuse (NUL,
- * too large for the index) must be dead-lettered, not retried forever as if the database were down.
+ * Why a key cannot go into the inbox, if it cannot: a key PostgreSQL would refuse must be
+ * dead-lettered, not retried forever as if the database were down. `malformed`: the header's
+ * bytes were not UTF-8, so no string stands for them exactly.
  */
-export const dedupKeyProblem = (key: string | undefined): UnprocessableMessage | undefined => {
+export const dedupKeyProblem = (key: string | undefined, malformed = false): UnprocessableMessage | undefined => {
+  if (malformed) {
+    return new UnprocessableMessage({ reason: "invalid_dedup_key", message: "dedup key header is not valid UTF-8" })
+  }
   if (key === undefined || key.trim() === "") {
     return new UnprocessableMessage({ reason: "missing_dedup_key", message: "message has no dedup key (dedup_key header)" })
   }
-  if (key.includes("\u0000") || utf8.encode(key).length > MAX_KEY_BYTES) {
-    return new UnprocessableMessage({
-      reason: "invalid_dedup_key",
-      message: `dedup key must be at most ${MAX_KEY_BYTES} bytes, without NUL`,
-    })
+  const problem = textProblem(key)
+  return problem === undefined ? undefined : new UnprocessableMessage({ reason: "invalid_dedup_key", message: `dedup key ${problem}` })
+}
+
+/** Relay headers the consumer stores or hands on as text: each must be exact text PostgreSQL accepts. */
+const CHECKED_HEADERS = ["event_id", "event_type"] as const
+
+/** Why the message's event_id or event_type header cannot be used, if it cannot. */
+export const headerProblem = (message: ConsumedMessage): UnprocessableMessage | undefined => {
+  for (const name of CHECKED_HEADERS) {
+    if (message.malformedHeaders.includes(name)) {
+      return new UnprocessableMessage({ reason: "invalid_header", message: `${name} header is not valid UTF-8` })
+    }
+    const value = message.headers[name]
+    const problem = value === undefined ? undefined : textProblem(value)
+    if (problem !== undefined) return new UnprocessableMessage({ reason: "invalid_header", message: `${name} header ${problem}` })
   }
   return undefined
 }

@@ -17,6 +17,14 @@ export const consumerHandlerFailures = Metric.counter("outbox_consumer_handler_f
   description: "Handler attempts that failed (each is retried until the retry budget is spent)",
   incremental: true,
 })
+export const consumerDatabaseOutages = Metric.counter("outbox_consumer_database_outages_total", {
+  description: "Attempts that met an inbox database outage (connection lost, server shutting down) and waited in place",
+  incremental: true,
+})
+export const consumerKafkaRestarts = Metric.counter("outbox_consumer_kafka_restarts_total", {
+  description: "Times kafkajs crashed and restarted the consumer",
+  incremental: true,
+})
 export const consumerInboxExpired = Metric.counter("outbox_consumer_inbox_expired_total", {
   description: "Inbox keys deleted after the retention",
   incremental: true,
@@ -28,6 +36,8 @@ export interface ConsumerStats {
   readonly deadLettered: number
   readonly handlerFailures: number
   readonly inboxExpired: number
+  readonly databaseOutages: number
+  readonly kafkaRestarts: number
 }
 
 export type StatName = keyof ConsumerStats
@@ -38,9 +48,19 @@ const METRICS: Readonly<Record<StatName, Metric.Counter<number>>> = {
   deadLettered: consumerDeadLetters,
   handlerFailures: consumerHandlerFailures,
   inboxExpired: consumerInboxExpired,
+  databaseOutages: consumerDatabaseOutages,
+  kafkaRestarts: consumerKafkaRestarts,
 }
 
-export const emptyStats: ConsumerStats = { processed: 0, duplicates: 0, deadLettered: 0, handlerFailures: 0, inboxExpired: 0 }
+export const emptyStats: ConsumerStats = {
+  processed: 0,
+  duplicates: 0,
+  deadLettered: 0,
+  handlerFailures: 0,
+  inboxExpired: 0,
+  databaseOutages: 0,
+  kafkaRestarts: 0,
+}
 
 /** Counts into the instance's snapshot and the group's metric at once. */
 export const makeStatsRecorder = (consumerGroup: string) =>

@@ -3,9 +3,16 @@
  * where it failed. `dlq.original_topic` tells a replay where to send it back; the inbox
  * makes such a replay safe to repeat.
  */
+import type { IHeaders } from "kafkajs"
 import type { ConsumedMessage } from "./consumed-message.ts"
 
-export type ConsumerDeadReason = "handler_failed" | "missing_dedup_key" | "invalid_dedup_key" | "invalid_payload"
+export type ConsumerDeadReason =
+  | "handler_failed"
+  | "inbox_rejected"
+  | "missing_dedup_key"
+  | "invalid_dedup_key"
+  | "invalid_header"
+  | "invalid_payload"
 
 export interface ConsumerDeadLetter {
   readonly message: ConsumedMessage
@@ -17,11 +24,12 @@ export interface ConsumerDeadLetter {
 
 export const deadLetterMessage = (letter: ConsumerDeadLetter, failedAt: Date) => {
   const { message } = letter
-  // Earlier dlq.* headers (a replayed dead letter failing again) are replaced, not stacked.
-  const original = Object.fromEntries(Object.entries(message.headers).filter(([name]) => !name.startsWith("dlq.")))
+  // The bytes as received (a header that is not UTF-8 stays byte for byte what it was). Earlier
+  // dlq.* headers (a replayed dead letter failing again) are replaced, not stacked.
+  const original: IHeaders = Object.fromEntries(Object.entries(message.raw.headers).filter(([name]) => !name.startsWith("dlq.")))
   return {
-    key: message.key,
-    value: message.value,
+    key: message.raw.key,
+    value: message.raw.value,
     headers: {
       ...original,
       "dlq.reason": letter.reason,

@@ -7,9 +7,24 @@ export class HandlerFailed extends Schema.TaggedError<HandlerFailed>()("HandlerF
   cause: Schema.Defect(),
 }) {}
 
-/** A message no retry can help: no usable dedup key, or a value its payload schema rejects. Dead-lettered at once. */
+/** A message no retry can help: no usable dedup key, a malformed relay header, or a value its payload schema rejects. Dead-lettered at once. */
 export class UnprocessableMessage extends Schema.TaggedError<UnprocessableMessage>()("UnprocessableMessage", {
-  reason: Schema.Literals(["missing_dedup_key", "invalid_dedup_key", "invalid_payload"]),
+  reason: Schema.Literals(["missing_dedup_key", "invalid_dedup_key", "invalid_header", "invalid_payload"]),
+  message: Schema.String,
+}) {}
+
+/**
+ * The inbox database cannot be used right now (connection lost, server starting or shutting
+ * down, …): not the message's fault, so it is waited out in place and never dead-lettered.
+ */
+export class DatabaseUnavailable extends Schema.TaggedError<DatabaseUnavailable>()("DatabaseUnavailable", {
+  code: Schema.UndefinedOr(Schema.String),
+  message: Schema.String,
+}) {}
+
+/** PostgreSQL refused the inbox row for this message's values (a data error): retried like a handler failure, then dead-lettered. */
+export class InboxRejected extends Schema.TaggedError<InboxRejected>()("InboxRejected", {
+  code: Schema.UndefinedOr(Schema.String),
   message: Schema.String,
 }) {}
 

@@ -2,10 +2,12 @@
  * The idempotent consumer: a kafkajs consumer group whose handler runs inside a
  * PostgreSQL transaction together with an inbox insert, so each event's effects commit
  * once however often Kafka delivers it. Offsets are committed by hand, after the
- * transaction; a failing handler is retried, then dead-lettered; old inbox keys are
- * cleaned in the background; SIGTERM (scope close) finishes the message in flight.
+ * transaction; a failing handler is retried, then dead-lettered; a database outage is
+ * waited out; each partition's batch runs on its own fiber, so a slow message holds up
+ * only its partition; old inbox keys whose offsets are committed are cleaned in the
+ * background; SIGTERM (scope close) finishes the message in flight.
  */
-import { Context, Deferred, Duration, Effect, FiberSet, Layer, type Schema, type Scope } from "effect"
+import { Context, Deferred, Duration, Effect, FiberSet, Layer, type Schema, type Scope, Semaphore } from "effect"
 import type { SqlClient, SqlError } from "effect/sql"
 import type { ConsumerConfig, EachBatchPayload, KafkaConfig, LogEntry } from "kafkajs"
 import { Kafka, KafkaLogLevel, Partitioners } from "../kafka/kafkajs.ts"
@@ -14,10 +16,10 @@ import { type ConsumedEvent, type ConsumedMessage, dedupKeyHeader } from "./cons
 import { type ConsumerStats, makeStatsRecorder } from "./consumer-stats.ts"
 import { type ConsumerDeadLetter, deadLetterMessage } from "./dead-letter.ts"
 import { ConsumerKafkaError, InboxTableMissing, InvalidConsumerOptions } from "./errors.ts"
-import { makeGroupMembership } from "./group-membership.ts"
+import { type MembershipTerm, makeGroupMembership } from "./group-membership.ts"
 import { deleteExpiredInboxKeys, inboxCleanupLoop } from "./inbox-cleanup.ts"
-import { inboxTableExists } from "./inbox-table.ts"
-import { processPartitionBatch } from "./partition-batch.ts"
+import { type CommittedOffset, inboxTableExists } from "./inbox-table.ts"
+import { handOffBatch, processPartitionBatch } from "./partition-batch.ts"
 import { type MessageOutcome, processMessage } from "./process-message.ts"
 
 export interface IdempotentConsumerOptions<A, E, R> {
@@ -50,9 +52,13 @@ export interface IdempotentConsumerOptions<A, E, R> {
   readonly inboxRetention?: Duration.Input | undefined
   readonly cleanupInterval?: Duration.Input | undefined
   readonly cleanupBatchSize?: number | undefined
-  /** Partitions processed at once (default 1); each partition is always processed in order. */
+  /**
+   * At most this many partitions are processed at once (default: no limit, every assigned
+   * partition on its own, so a slow or failing message holds up only its own partition).
+   * Each partition is always processed in order.
+   */
   readonly partitionsConsumedConcurrently?: number | undefined
-  /** Within a long batch, settled offsets are committed at least this often (default 1 s). */
+  /** While a batch runs, its settled offsets are committed this often (default 1 s), also while a message is stuck. */
   readonly commitInterval?: Duration.Input | undefined
   /** On stop, how long the message in flight may take before it is abandoned uncommitted (default 10 s). */
   readonly shutdownGrace?: Duration.Input | undefined
@@ -67,8 +73,8 @@ export interface IdempotentConsumerHandle {
   readonly stats: Effect.Effect<ConsumerStats>
   /** Fails when kafkajs gives up for good (a crash it does not restart from); never succeeds. */
   readonly awaitCrash: Effect.Effect<never, ConsumerKafkaError>
-  /** Runs the inbox cleanup now; returns how many keys were deleted. */
-  readonly deleteExpiredInboxKeys: Effect.Effect<number, SqlError.SqlError>
+  /** Runs the inbox cleanup now; returns how many keys were deleted (only keys whose offsets are committed). */
+  readonly deleteExpiredInboxKeys: Effect.Effect<number, SqlError.SqlError | ConsumerKafkaError>
 }
 
 const DEFAULTS = {
@@ -78,7 +84,8 @@ const DEFAULTS = {
   inboxRetention: Duration.days(7),
   cleanupInterval: Duration.minutes(1),
   cleanupBatchSize: 1000,
-  partitionsConsumedConcurrently: 1,
+  // kafkajs waits this long on an empty fetch; a partition resumed after its batch is fetched again only after it.
+  maxWaitTimeInMs: 500,
   commitInterval: Duration.seconds(1),
   shutdownGrace: Duration.seconds(10),
 } as const
@@ -151,13 +158,16 @@ export const makeIdempotentConsumer = <A, E, R>(
         catch: kafkaError(`publish to ${deadLetterTopic}`),
       }).pipe(Effect.asVoid)
 
-    const consumer = kafka.consumer({ ...options.consumerConfig, groupId })
+    const consumer = kafka.consumer({ maxWaitTimeInMs: DEFAULTS.maxWaitTimeInMs, ...options.consumerConfig, groupId })
     const crashed = yield* Deferred.make<never, ConsumerKafkaError>()
     consumer.on(consumer.events.CRASH, (event) => {
       const { error, restart } = event.payload
       runFork(
         restart
-          ? Effect.logWarning("Kafka consumer crashed; kafkajs restarts it").pipe(Effect.annotateLogs({ error: error.message }))
+          ? Effect.logWarning("Kafka consumer crashed; kafkajs restarts it").pipe(
+              Effect.annotateLogs({ error: error.message }),
+              Effect.andThen(stats.record("kafkaRestarts")),
+            )
           : Effect.logError("Kafka consumer crashed for good").pipe(
               Effect.annotateLogs({ error: error.message }),
               Effect.andThen(Deferred.fail(crashed, kafkaError("consume")(error))),
@@ -212,29 +222,50 @@ export const makeIdempotentConsumer = <A, E, R>(
       afterMessage: options.afterMessage ?? (() => Effect.void),
       isStopping: () => stopping,
       commitInterval: Duration.fromInputUnsafe(options.commitInterval ?? DEFAULTS.commitInterval),
-      membership,
     })
 
-    const eachBatch = async (payload: EachBatchPayload) => {
-      if (stopping) return
-      try {
-        await runBatch(processBatch(payload))
-      } catch (error) {
-        // Interrupted by a stop: nothing was committed past the settled messages; leave quietly.
+    const partitionLimit =
+      options.partitionsConsumedConcurrently === undefined ? undefined : yield* Semaphore.make(options.partitionsConsumedConcurrently)
+    const eachBatch = handOffBatch({
+      run: (payload: EachBatchPayload, term: MembershipTerm) =>
+        runBatch(
+          partitionLimit === undefined
+            ? processBatch(payload, term)
+            : processBatch(payload, term).pipe(Semaphore.withPermit(partitionLimit)),
+        ),
+      membership,
+      isStopping: () => stopping,
+      onBatchDefect: (error, payload) => {
+        // Interrupted by a stop: nothing was committed past the settled messages.
         if (stopping) return
-        throw error
-      }
-    }
+        runFork(
+          Effect.logError("batch failed unexpectedly; its partition is fetched again from the last settled offset").pipe(
+            Effect.annotateLogs({ topic: payload.batch.topic, partition: payload.batch.partition, error: String(error) }),
+          ),
+        )
+      },
+    })
     yield* Effect.tryPromise({
-      try: () =>
-        consumer.run({
-          autoCommit: false,
-          eachBatchAutoResolve: false,
-          partitionsConsumedConcurrently: options.partitionsConsumedConcurrently ?? DEFAULTS.partitionsConsumedConcurrently,
-          eachBatch,
-        }),
+      try: () => consumer.run({ autoCommit: false, eachBatchAutoResolve: false, eachBatch }),
       catch: kafkaError("run consumer"),
     })
+
+    // The cleanup asks Kafka, the source of truth, which offsets the group has committed.
+    const admin = kafka.admin()
+    yield* Effect.acquireRelease(Effect.tryPromise({ try: () => admin.connect(), catch: kafkaError("connect admin") }), () =>
+      Effect.promise(() => admin.disconnect().catch(() => undefined)).pipe(Effect.timeout("5 seconds"), Effect.ignore),
+    )
+    const committedOffsets = Effect.tryPromise({
+      try: () => admin.fetchOffsets({ groupId, topics: [...options.topics] }),
+      catch: kafkaError("fetch committed offsets"),
+    }).pipe(
+      Effect.map(
+        (topics): ReadonlyArray<CommittedOffset> =>
+          topics.flatMap((t) =>
+            t.partitions.filter((p) => Number(p.offset) >= 0).map((p) => ({ topic: t.topic, partition: p.partition, next: p.offset })),
+          ),
+      ),
+    )
 
     const cleanup = {
       consumerGroup: groupId,
@@ -242,6 +273,7 @@ export const makeIdempotentConsumer = <A, E, R>(
       interval: Duration.fromInputUnsafe(options.cleanupInterval ?? DEFAULTS.cleanupInterval),
       batchSize: options.cleanupBatchSize ?? DEFAULTS.cleanupBatchSize,
       stats,
+      committedOffsets,
     }
     yield* Effect.forkScoped(inboxCleanupLoop(cleanup))
     yield* Effect.logInfo("idempotent consumer started").pipe(

@@ -1,12 +1,16 @@
 /**
  * Inbox keys are only needed while a message can still come again (redelivery after a
- * crash, a replay, a reset of the group's offsets). After the retention they are deleted
- * in small batches, so the cleanup never holds many locks or one long transaction.
+ * crash or a rebalance, a replay, a reset of the group's offsets). A key is deleted once
+ * it is older than the retention *and* the offset of its delivery is committed in Kafka:
+ * a message not yet committed is redelivered after a crash however old it is, and without
+ * its key it would be applied twice. Deleted in small batches, so the cleanup never holds
+ * many locks or one long transaction.
  */
 import { Duration, Effect, Schedule } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { StatsRecorder } from "./consumer-stats.ts"
-import { deleteExpiredKeys } from "./inbox-table.ts"
+import type { ConsumerKafkaError } from "./errors.ts"
+import { type CommittedOffset, deleteExpiredKeys } from "./inbox-table.ts"
 
 export interface InboxCleanupOptions {
   readonly consumerGroup: string
@@ -14,14 +18,17 @@ export interface InboxCleanupOptions {
   readonly interval: Duration.Duration
   readonly batchSize: number
   readonly stats: StatsRecorder
+  /** The group's committed offsets, read from Kafka (the source of truth) at each round. */
+  readonly committedOffsets: Effect.Effect<ReadonlyArray<CommittedOffset>, ConsumerKafkaError>
 }
 
-/** Deletes expired keys batch by batch until none are left; returns how many. */
+/** Deletes expired, committed keys batch by batch until none are left; returns how many. */
 export const deleteExpiredInboxKeys = Effect.fn("IdempotentConsumer.deleteExpiredInboxKeys")(function* (o: InboxCleanupOptions) {
   const retentionSeconds = Duration.toSeconds(o.retention)
+  const committed = yield* o.committedOffsets
   let total = 0
   for (;;) {
-    const deleted = yield* deleteExpiredKeys(o.consumerGroup, retentionSeconds, o.batchSize)
+    const deleted = yield* deleteExpiredKeys(o.consumerGroup, retentionSeconds, o.batchSize, committed)
     total += deleted
     yield* o.stats.record("inboxExpired", deleted)
     if (deleted < o.batchSize) return total

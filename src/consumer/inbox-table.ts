@@ -48,36 +48,58 @@ export interface InboxEntry {
  * this message's effects were committed before (a redelivery) and the handler must not
  * run. A concurrent transaction inserting the same key makes this one wait for its
  * outcome, so two consumers can never both apply one event.
+ *
+ * A duplicate moves the row to its own delivery (position and time): the cleanup keeps a
+ * key until the offset of its latest delivery is committed, so a copy skipped but not yet
+ * committed still finds the key when it is redelivered.
  */
 export const recordInInbox = (entry: InboxEntry): Effect.Effect<boolean, SqlError.SqlError, SqlClient.SqlClient> =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    const rows = yield* sql<{ inserted: number }>`
+    const rows = yield* sql<{ inserted: boolean }>`
       INSERT INTO consumer_inbox (consumer_group, dedup_key, event_id, topic, kafka_partition, kafka_offset)
       VALUES (${entry.consumerGroup}, ${entry.dedupKey}, ${entry.eventId}, ${entry.topic}, ${entry.partition}, ${entry.offset}::bigint)
-      ON CONFLICT (consumer_group, dedup_key) DO NOTHING
-      RETURNING 1 AS inserted`
-    return rows.length === 1
+      ON CONFLICT (consumer_group, dedup_key) DO UPDATE
+        SET topic = excluded.topic, kafka_partition = excluded.kafka_partition, kafka_offset = excluded.kafka_offset, processed_at = now()
+      RETURNING (xmax = 0) AS inserted`
+    return rows[0]?.inserted === true
   })
 
+/** Where a group's consumption of one partition is committed in Kafka: every offset below `next` is done. */
+export interface CommittedOffset {
+  readonly topic: string
+  readonly partition: number
+  readonly next: string
+}
+
 /**
- * Deletes up to `limit` of the group's keys older than the retention; returns how many.
+ * Deletes up to `limit` of the group's keys older than the retention whose delivery is
+ * below the group's committed offset; returns how many. A key whose offset is not committed
+ * can still be redelivered (after a crash or a rebalance), so it stays whatever its age.
  * SKIP LOCKED: several instances of one group clean side by side without waiting.
  */
 export const deleteExpiredKeys = (
   consumerGroup: string,
   retentionSeconds: number,
   limit: number,
+  committed: ReadonlyArray<CommittedOffset>,
 ): Effect.Effect<number, SqlError.SqlError, SqlClient.SqlClient> =>
   Effect.gen(function* () {
+    if (committed.length === 0) return 0
     const sql = yield* SqlClient.SqlClient
+    const positions = JSON.stringify(committed.map((c) => ({ topic: c.topic, kafka_partition: c.partition, next_offset: c.next })))
     const [row] = yield* sql<{ deleted: number }>`
-      WITH expired AS (
-        SELECT consumer_group, dedup_key FROM consumer_inbox
-         WHERE consumer_group = ${consumerGroup} AND processed_at < now() - make_interval(secs => ${retentionSeconds})
-         ORDER BY processed_at
+      WITH committed AS (
+        SELECT * FROM jsonb_to_recordset(${positions}::jsonb) AS c(topic text, kafka_partition integer, next_offset bigint)
+      ), expired AS (
+        SELECT i.consumer_group, i.dedup_key FROM consumer_inbox i
+          JOIN committed c ON c.topic = i.topic AND c.kafka_partition = i.kafka_partition
+         WHERE i.consumer_group = ${consumerGroup}
+           AND i.processed_at < now() - make_interval(secs => ${retentionSeconds})
+           AND i.kafka_offset < c.next_offset
+         ORDER BY i.processed_at
          LIMIT ${limit}
-         FOR UPDATE SKIP LOCKED
+         FOR UPDATE OF i SKIP LOCKED
       ), gone AS (
         DELETE FROM consumer_inbox i USING expired e
          WHERE i.consumer_group = e.consumer_group AND i.dedup_key = e.dedup_key

@@ -2,15 +2,24 @@
  * One kafkajs batch (one partition) in offset order: each message settled (processed,
  * skipped as a duplicate, or dead-lettered) before the next starts, so partition order
  * holds. Offsets are committed only for settled messages, i.e. after their transaction
- * committed. When the partition is revoked (a rebalance) the message in flight is
- * abandoned, its transaction rolled back, and nothing more is committed: the next owner
- * redelivers from the last commit and the inbox turns what was done into skips.
+ * committed: after the batch, and every `commitInterval` while it runs, so a slow or stuck
+ * message does not hold back the commit of those settled before it. When the partition is
+ * revoked (a rebalance) the message in flight is abandoned, its transaction rolled back,
+ * and nothing more is committed: the next owner redelivers from the last commit and the
+ * inbox turns what was done into skips.
+ *
+ * kafkajs fetches again only once every batch of the last fetch returned, so a batch that
+ * took its time inside `eachBatch` would hold up every other partition. `handOffBatch`
+ * therefore pauses the batch's partition, runs the batch as a fiber of its own and returns
+ * at once: a slow message, a message retrying, or an outage wait holds only its partition.
+ * The batch resumes its partition when it ends; kafkajs then fetches from the last
+ * resolved (settled) offset.
  */
-import { Deferred, Duration, Effect, Ref, Schedule } from "effect"
+import { Deferred, type Duration, Effect, Ref, Schedule, Semaphore } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { EachBatchPayload } from "kafkajs"
 import { type ConsumedMessage, fromKafkaMessage } from "./consumed-message.ts"
-import type { GroupMembership } from "./group-membership.ts"
+import type { GroupMembership, MembershipTerm } from "./group-membership.ts"
 import type { MessageOutcome } from "./process-message.ts"
 
 export interface BatchRunner<R> {
@@ -20,7 +29,6 @@ export interface BatchRunner<R> {
   /** True once the consumer is shutting down: finish the message in flight, commit, return. */
   readonly isStopping: () => boolean
   readonly commitInterval: Duration.Duration
-  readonly membership: GroupMembership
 }
 
 // Errors kafkajs' heartbeat reports when this member must rejoin: its partitions are gone.
@@ -37,9 +45,8 @@ const lostMembership = (error: unknown): boolean =>
 const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error))
 
 export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
-  Effect.fn("IdempotentConsumer.processBatch")(function* (payload: EachBatchPayload) {
+  Effect.fn("IdempotentConsumer.processBatch")(function* (payload: EachBatchPayload, term: MembershipTerm) {
     const { batch } = payload
-    const term = runner.membership.currentTerm()
     const revoked = yield* Deferred.make<void>()
     // A rebalance that kafkajs handled on its own (fetch loop, rejoin) revokes this batch too.
     yield* term.ended.pipe(Effect.andThen(Deferred.succeed(revoked, undefined)), Effect.forkScoped)
@@ -59,6 +66,8 @@ export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
     )
 
     const isRevoked = Deferred.isDone(revoked).pipe(Effect.map((done) => done || !term.isCurrent()))
+    // The timer's commit and the batch's last commit never overlap, so offsets only move forward.
+    const commitLock = yield* Semaphore.make(1)
     const commit = Effect.gen(function* () {
       const offset = yield* Ref.get(lastSettled)
       if (offset === undefined || offset === (yield* Ref.get(lastCommitted)) || (yield* isRevoked) || payload.isStale()) return
@@ -74,9 +83,9 @@ export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
           ),
         ),
       )
-    })
+    }).pipe(Semaphore.withPermit(commitLock))
+    yield* Effect.sleep(runner.commitInterval).pipe(Effect.andThen(commit), Effect.forever, Effect.forkScoped)
 
-    let lastCommitAt = Date.now()
     for (const kafkaMessage of batch.messages) {
       if (runner.isStopping() || (yield* isRevoked) || !payload.isRunning() || payload.isStale()) break
       const message = fromKafkaMessage(batch.topic, batch.partition, kafkaMessage)
@@ -85,10 +94,6 @@ export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
       yield* runner.afterMessage(outcome)
       payload.resolveOffset(kafkaMessage.offset)
       yield* Ref.set(lastSettled, kafkaMessage.offset)
-      if (Date.now() - lastCommitAt >= Duration.toMillis(runner.commitInterval)) {
-        yield* commit
-        lastCommitAt = Date.now()
-      }
     }
     if (yield* isRevoked) {
       yield* Effect.logInfo("rebalance: batch abandoned; its uncommitted messages will be redelivered and skipped").pipe(
@@ -97,3 +102,36 @@ export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
     }
     yield* commit
   }, Effect.scoped)
+
+export interface BatchHandOff {
+  /** Runs the batch as a fiber of the consumer (a stop waits for it); the promise settles when it ends. */
+  readonly run: (payload: EachBatchPayload, term: MembershipTerm) => Promise<void>
+  readonly membership: GroupMembership
+  readonly isStopping: () => boolean
+  readonly onBatchDefect: (error: unknown, payload: EachBatchPayload) => void
+}
+
+/** kafkajs' `eachBatch`: pauses the partition, starts its batch, returns without waiting for it. */
+export const handOffBatch = (handOff: BatchHandOff) => {
+  // The batch running per partition: a new batch of one waits for the last one to end, so
+  // one partition never has two batches at once (its last owner term may still be winding down).
+  const running = new Map<string, Promise<void>>()
+  return async (payload: EachBatchPayload): Promise<void> => {
+    if (handOff.isStopping()) return
+    // The term the batch was fetched in: if a rebalance comes before its fiber starts, it starts revoked.
+    const term = handOff.membership.currentTerm()
+    const key = `${payload.batch.topic}|${payload.batch.partition}`
+    await running.get(key)
+    if (handOff.isStopping()) return
+    const resume = payload.pause()
+    const done = handOff
+      .run(payload, term)
+      .catch((error: unknown) => handOff.onBatchDefect(error, payload))
+      .finally(() => {
+        if (running.get(key) === done) running.delete(key)
+        // On a stop every topic is paused for good; otherwise kafkajs fetches from the last settled offset.
+        if (!handOff.isStopping()) resume()
+      })
+    running.set(key, done)
+  }
+}

@@ -3,10 +3,12 @@
  * transaction. A key already in the inbox means an earlier delivery committed, so the
  * handler is skipped. A failing handler is retried with backoff, then the message goes to
  * the dead-letter topic. Database and Kafka outages are waited out, never dead-lettered:
- * they are not the message's fault.
+ * they are not the message's fault. Which database errors are outages is read from their
+ * SQLSTATE (database-errors.ts); a data error in the inbox row is the message's, and gets
+ * the handler's retry budget, then the dead-letter topic.
  */
-import { Cause, Effect, Option, Ref, Result, Schedule, type Schema } from "effect"
-import { SqlClient } from "effect/sql"
+import { Cause, Effect, Option, Ref, Result, type Schema } from "effect"
+import { SqlClient, SqlError } from "effect/sql"
 import { type BackoffPolicy, backoffSchedule } from "../relay/backoff.ts"
 import {
   type ConsumedEvent,
@@ -14,11 +16,13 @@ import {
   decodePayload,
   dedupKeyProblem,
   externalParent,
+  headerProblem,
   toConsumedEvent,
 } from "./consumed-message.ts"
 import type { StatsRecorder } from "./consumer-stats.ts"
+import { classifyDatabaseError, findSqlError } from "./database-errors.ts"
 import type { ConsumerDeadLetter, ConsumerDeadReason } from "./dead-letter.ts"
-import { type ConsumerKafkaError, HandlerFailed } from "./errors.ts"
+import { type ConsumerKafkaError, DatabaseUnavailable, HandlerFailed, InboxRejected } from "./errors.ts"
 import { recordInInbox } from "./inbox-table.ts"
 
 export type MessageOutcome =
@@ -63,6 +67,23 @@ const runHandler = <A, E, R>(
     ),
   )
 
+/**
+ * Whose fault a failed attempt is: an outage of the database (wherever its SqlError came
+ * from, the handler's own queries included), the inbox row's values, or the handler.
+ */
+const blame = (cause: Cause.Cause<HandlerFailed | SqlError.SqlError>): DatabaseUnavailable | InboxRejected | HandlerFailed => {
+  const handlerFailure = cause.reasons.find(
+    (r): r is Cause.Fail<HandlerFailed> => Cause.isFailReason(r) && r.error instanceof HandlerFailed,
+  )?.error
+  const sqlError = findSqlError(cause) ?? (SqlError.isSqlError(handlerFailure?.cause) ? handlerFailure.cause : undefined)
+  const db = sqlError === undefined ? undefined : classifyDatabaseError(sqlError)
+  if (db?.kind === "outage") return new DatabaseUnavailable({ code: db.code, message: db.message })
+  if (handlerFailure !== undefined) return handlerFailure
+  if (db !== undefined) return new InboxRejected({ code: db.code, message: `PostgreSQL ${db.code ?? "error"}: ${db.message}` })
+  // A defect outside the handler that is not the database's: bounded, so it cannot block the partition.
+  return new InboxRejected({ code: undefined, message: describe(cause) })
+}
+
 export const processMessage =
   <A, E, R>(p: MessageProcessor<A, E, R>) =>
   (message: ConsumedMessage): Effect.Effect<MessageOutcome, never, R | SqlClient.SqlClient> =>
@@ -86,10 +107,12 @@ export const processMessage =
         })
 
       const dedupKey = p.dedupKeyOf(message)
-      const keyProblem = dedupKeyProblem(dedupKey)
+      const keyProblem = dedupKeyProblem(dedupKey, message.malformedHeaders.includes("dedup_key"))
       if (keyProblem !== undefined || dedupKey === undefined) {
         return yield* deadLetter(undefined, keyProblem?.reason ?? "missing_dedup_key", keyProblem?.message ?? "no dedup key")
       }
+      const badHeader = headerProblem(message)
+      if (badHeader !== undefined) return yield* deadLetter(dedupKey, badHeader.reason, badHeader.message)
       const payload = decodePayload(p.payloadSchema)(message)
       if (Result.isFailure(payload)) return yield* deadLetter(dedupKey, payload.failure.reason, payload.failure.message)
 
@@ -101,41 +124,55 @@ export const processMessage =
         partition: message.partition,
         offset: message.offset,
       }
-      const attemptOnce = sql.withTransaction(
-        Effect.gen(function* () {
-          if (!(yield* recordInInbox(inboxEntry))) return "Duplicate" as const
-          const attempt = yield* Ref.updateAndGet(attempts, (n) => n + 1)
-          yield* runHandler(p.handler, toConsumedEvent(message, dedupKey, payload.success, attempt))
-          return "Processed" as const
-        }),
-      )
+      const attemptOnce = sql
+        .withTransaction(
+          Effect.gen(function* () {
+            if (!(yield* recordInInbox(inboxEntry))) return "Duplicate" as const
+            const attempt = yield* Ref.updateAndGet(attempts, (n) => n + 1)
+            yield* runHandler(p.handler, toConsumedEvent(message, dedupKey, payload.success, attempt))
+            return "Processed" as const
+          }),
+        )
+        // One place decides whose fault a failure is. A failed ROLLBACK on a dead connection
+        // is a defect combined with the handler's failure, so the whole cause is read.
+        .pipe(Effect.catchCause((cause) => (Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.fail(blame(cause)))))
 
       const settled = yield* attemptOnce.pipe(
+        // The message's own failures have a bounded budget. A rejected inbox row counts an attempt
+        // too (the handler never ran, so `attempts` did not move).
+        Effect.tapError((e) => (e._tag === "InboxRejected" ? Ref.update(attempts, (n) => n + 1) : Effect.void)),
         Effect.tapError((e) =>
-          e._tag === "HandlerFailed"
+          e._tag === "DatabaseUnavailable"
             ? Effect.gen(function* () {
+                yield* p.stats.record("databaseOutages")
+                yield* Effect.logWarning("inbox database unavailable; waiting in place").pipe(
+                  Effect.annotateLogs({ pg_code: e.code ?? "none", error: e.message }),
+                )
+              })
+            : Effect.gen(function* () {
                 yield* p.stats.record("handlerFailures")
                 const attempt = yield* Ref.get(attempts)
-                yield* Effect.logWarning(
-                  attempt > p.maxRetries ? "handler failed; no retries left" : "handler failed; retrying with backoff",
-                ).pipe(Effect.annotateLogs({ error: e.message, attempt }))
-              })
-            : Effect.logWarning("inbox database unavailable; retrying").pipe(Effect.annotateLogs({ error: e.message })),
+                const what = e._tag === "InboxRejected" ? "inbox row rejected" : "handler failed"
+                yield* Effect.logWarning(attempt > p.maxRetries ? `${what}; no retries left` : `${what}; retrying with backoff`).pipe(
+                  Effect.annotateLogs({ error: e.message, attempt, ...(e._tag === "InboxRejected" ? { pg_code: e.code ?? "none" } : {}) }),
+                )
+              }),
         ),
+        // The budget is read from `attempts`, not from the schedule, so it holds across outage waits.
         Effect.retry({
-          schedule: Schedule.max([backoffSchedule(p.retryBackoff), Schedule.recurs(p.maxRetries)]),
-          while: (e) => e._tag === "HandlerFailed",
+          schedule: backoffSchedule(p.retryBackoff),
+          while: (e) => e._tag !== "DatabaseUnavailable" && Ref.getUnsafe(attempts) <= p.maxRetries,
         }),
-        // Any other failure is the inbox database's (the key was checked above), and outages outlast
-        // any retry budget: the message waits (interruptibly: a stop or revoke abandons it uncommitted).
-        Effect.retry({ schedule: backoffSchedule(p.outageBackoff), while: (e) => e._tag === "SqlError" }),
+        // Outages outlast any retry budget: the message waits in place (interruptibly: a stop or
+        // revoke abandons it uncommitted).
+        Effect.retry({ schedule: backoffSchedule(p.outageBackoff), while: (e) => e._tag === "DatabaseUnavailable" }),
         Effect.result,
       )
       if (Result.isFailure(settled)) {
         const error = settled.failure
-        // The outage retry above never gives up, so only a handler failure can arrive here.
-        if (error._tag !== "HandlerFailed") return yield* Effect.die(error)
-        return yield* deadLetter(dedupKey, "handler_failed", error.message)
+        // The outage retry above never gives up, so only the message's own failures arrive here.
+        if (error._tag === "DatabaseUnavailable") return yield* Effect.die(error)
+        return yield* deadLetter(dedupKey, error._tag === "InboxRejected" ? "inbox_rejected" : "handler_failed", error.message)
       }
       if (settled.success === "Duplicate") {
         yield* p.stats.record("duplicates")

@@ -17,9 +17,11 @@ import {
   inboxKeys,
   projectionDatabase,
   publishClicks,
+  publishRaw,
   readClickCounts,
   replayDeadLetters,
   republish,
+  setCommittedOffsets,
   startProjection,
   type TestClick,
   waitForStats,
@@ -233,7 +235,7 @@ describe("idempotent consumer", () => {
   )
 
   it.live(
-    "deletes inbox keys older than the retention in batches, in the background, and keeps newer keys and other groups' keys",
+    "deletes inbox keys older than the retention whose offsets the group committed, in batches, in the background; keeps newer keys, uncommitted keys and other groups' keys",
     () =>
       Effect.gen(function* () {
         const s = yield* scenario
@@ -241,10 +243,22 @@ describe("idempotent consumer", () => {
           const sql = yield* SqlClient.SqlClient
           yield* sql`
             INSERT INTO consumer_inbox (consumer_group, dedup_key, topic, kafka_partition, kafka_offset, processed_at)
-            SELECT ${s.groupId}, 'old-' || i, 't', 0, i, now() - interval '3 hours' FROM generate_series(1, 25) i
-            UNION ALL SELECT ${s.groupId}, 'new-' || i, 't', 0, i, now() - interval '10 minutes' FROM generate_series(1, 5) i
-            UNION ALL SELECT 'other-group', 'old-' || i, 't', 0, i, now() - interval '3 hours' FROM generate_series(1, 5) i`
+            SELECT ${s.groupId}, 'old-' || i, ${s.topic}, 0, i, now() - interval '3 hours' FROM generate_series(0, 24) i
+            UNION ALL SELECT ${s.groupId}, 'uncommitted-' || i, ${s.topic}, 0, 30 + i, now() - interval '3 hours' FROM generate_series(1, 5) i
+            UNION ALL SELECT ${s.groupId}, 'new-' || i, ${s.topic}, 1, i, now() - interval '10 minutes' FROM generate_series(1, 5) i
+            UNION ALL SELECT 'other-group', 'old-' || i, ${s.topic}, 0, i, now() - interval '3 hours' FROM generate_series(1, 5) i`
         }).pipe(Effect.provide(sqlLayer(s.db.url)), Effect.orDie)
+        // What an earlier run left in Kafka: 30 messages on partition 0, committed up to their end.
+        yield* publishRaw(
+          s.topic,
+          Array.from({ length: 30 }, (_, i) => ({
+            partition: 0,
+            key: "k",
+            value: JSON.stringify({ query: "tent", resultId: "r", position: 0 }),
+            headers: { dedup_key: `old-${i}` },
+          })),
+        )
+        yield* setCommittedOffsets(s.groupId, s.topic, [{ partition: 0, offset: "30" }])
         const consumer = yield* startProjection(s.db.url, {
           ...s,
           inboxRetention: "1 hour",
@@ -252,7 +266,9 @@ describe("idempotent consumer", () => {
           cleanupBatchSize: 10,
         })
         yield* waitForStats(consumer, (st) => st.inboxExpired === 25, 20_000)
-        expect(yield* inboxKeys(s.db.url, s.groupId)).toEqual(["new-1", "new-2", "new-3", "new-4", "new-5"])
+        expect(yield* inboxKeys(s.db.url, s.groupId)).toEqual(
+          [...[1, 2, 3, 4, 5].map((i) => `new-${i}`), ...[1, 2, 3, 4, 5].map((i) => `uncommitted-${i}`)].sort(),
+        )
         expect(yield* inboxKeys(s.db.url, "other-group")).toHaveLength(5)
         expect(yield* consumer.handle.deleteExpiredInboxKeys).toBe(0)
       }),

@@ -5,7 +5,7 @@
  * and replaying a dead-letter topic.
  */
 import { randomUUID } from "node:crypto"
-import { Effect, Exit, Layer, Result, Scope } from "effect"
+import { Effect, Exit, Layer, Logger, References, Result, Scope } from "effect"
 import { SqlClient } from "effect/sql"
 import { inject } from "vitest"
 import { applySearchClick, ensureProjectionTable, SearchClick } from "../../examples/search-clicks-projection/projection.ts"
@@ -209,3 +209,110 @@ export const committedOffsets = (groupId: string, topic: string) =>
       await admin.disconnect()
     }
   })
+
+/** A message exactly as bytes: headers as Buffers, so a test can send what no string encodes. */
+export interface RawMessage {
+  /** Without it, the key picks the partition. */
+  readonly partition?: number
+  readonly key: string
+  readonly value: string
+  readonly headers: Readonly<Record<string, Buffer | string>>
+}
+
+/** Produces raw messages in order (one key → one partition). */
+export const publishRaw = (topic: string, messages: ReadonlyArray<RawMessage>) =>
+  Effect.promise(async () => {
+    const producer = new Kafka({ clientId: "test-raw-publisher", brokers: brokers(), logLevel: 1 }).producer()
+    await producer.connect()
+    try {
+      await producer.send({
+        topic,
+        acks: -1,
+        messages: messages.map((m) => ({
+          ...(m.partition === undefined ? {} : { partition: m.partition }),
+          key: m.key,
+          value: m.value,
+          headers: { ...m.headers },
+        })),
+      })
+    } finally {
+      await producer.disconnect()
+    }
+  })
+
+export interface RawReadMessage {
+  readonly partition: number
+  readonly offset: string
+  readonly headers: Readonly<Record<string, Buffer>>
+}
+
+/** Reads `expected` messages of `topic` from the beginning, headers as the bytes Kafka holds. */
+export const readRaw = (topic: string, expected: number, timeoutMs = 30_000) =>
+  Effect.promise(async () => {
+    const consumer = new Kafka({ clientId: "test-raw-reader", brokers: brokers(), logLevel: 1 }).consumer({
+      groupId: `test-raw-reader-${randomUUID()}`,
+      maxWaitTimeInMs: 200,
+    })
+    const messages: Array<RawReadMessage> = []
+    await consumer.connect()
+    try {
+      await consumer.subscribe({ topics: [topic], fromBeginning: true })
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`read ${messages.length} of ${expected} messages from ${topic}`)), timeoutMs)
+        void consumer.run({
+          eachMessage: async ({ partition, message }) => {
+            const headers: Record<string, Buffer> = {}
+            for (const [name, value] of Object.entries(message.headers ?? {})) {
+              if (Buffer.isBuffer(value)) headers[name] = value
+              else if (typeof value === "string") headers[name] = Buffer.from(value)
+            }
+            messages.push({ partition, offset: message.offset, headers })
+            if (messages.length >= expected) {
+              clearTimeout(timer)
+              resolve()
+            }
+          },
+        })
+      })
+    } finally {
+      await consumer.disconnect()
+    }
+    return messages
+  })
+
+/** Polls `check` until it returns a value (or fails after `timeoutMs`): waits for an outcome, never for a fixed time. */
+export const waitUntil = <A>(what: string, check: Effect.Effect<A | undefined>, timeoutMs = 30_000) =>
+  Effect.gen(function* () {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const value = yield* check
+      if (value !== undefined) return value
+      if (Date.now() > deadline) return yield* Effect.die(new Error(`timed out waiting for ${what}`))
+      yield* Effect.sleep("100 millis")
+    }
+  })
+
+/** Sets a group's committed offsets while it has no members (what an earlier run would have left). */
+export const setCommittedOffsets = (groupId: string, topic: string, partitions: ReadonlyArray<{ partition: number; offset: string }>) =>
+  Effect.promise(async () => {
+    const admin = new Kafka({ clientId: "test-offsets", brokers: brokers(), logLevel: 1 }).admin()
+    await admin.connect()
+    try {
+      await admin.setOffsets({ groupId, topic, partitions: [...partitions] })
+    } finally {
+      await admin.disconnect()
+    }
+  })
+
+/** Every log line's text, to check what the consumer reported (e.g. no kafkajs restart). */
+export const makeLogCapture = () => {
+  const lines: Array<string> = []
+  const logger = Logger.make((options: Logger.Options<unknown>) => {
+    const parts = Array.isArray(options.message) ? options.message : [options.message]
+    const annotations = options.fiber.getRef(References.CurrentLogAnnotations)
+    lines.push(
+      `${options.logLevel} ${parts.map((p) => (typeof p === "string" ? p : JSON.stringify(p))).join(" ")} ${JSON.stringify(annotations)}`,
+    )
+  })
+  return { lines, layer: Logger.layer([logger, Logger.defaultLogger]) }
+}
