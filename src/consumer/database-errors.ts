@@ -17,12 +17,13 @@ export interface DatabaseErrorInfo {
 }
 
 // Class 08: connection exception; 53: insufficient resources; 57P01-57P05: admin/crash
-// shutdown, cannot connect now, idle session timeout; 58: system error (I/O); 40: serialization
-// failure and deadlock (transient by definition); 55P03 lock not available; 57014 query
-// canceled; 28: authentication; 3D000: no such database; 42: the schema (a missing table or a
-// revoked grant is the operator's to fix, and dead-lettering every message would not fix it).
+// shutdown, cannot connect now, database dropped, idle session timeout; 58: system error (I/O);
+// 40: serialization failure and deadlock (transient by definition); 55P03 lock not available;
+// 28: authentication; 3D000: no such database; 42: the schema (a missing table or a revoked
+// grant is the operator's to fix, and dead-lettering every message would not fix it).
+// Not here: 57014 (statement timeout), which one message's query can hit every time.
 const OUTAGE_CLASSES = ["08", "53", "58", "40", "28", "42"]
-const OUTAGE_CODES = new Set(["57P01", "57P02", "57P03", "57P04", "57P05", "55P03", "57014", "3D000", "55000", "55006"])
+const OUTAGE_CODES = new Set(["57P01", "57P02", "57P03", "57P04", "57P05", "55P03", "3D000"])
 
 const fieldsOf = (error: SqlError.SqlError): { readonly code: string | undefined; readonly message: string } => {
   const cause: unknown = error.reason.cause

@@ -140,7 +140,7 @@ describe("idempotent consumer under hostile input and faults", () => {
         const handler = (event: ConsumedEvent<SearchClick>) =>
           event.dedupKey === "stuck" ? Deferred.succeed(stuckStarted, event).pipe(Effect.andThen(Effect.never)) : applySearchClick(event)
         yield* publishClicks(s.topic, [{ dedupKey: "stuck", query: "tent", aggregateKey: "stuck-session" }])
-        const consumer = yield* startProjection(s.db.url, { ...s, handler })
+        const consumer = yield* startProjection(s.db.url, { ...s, handler, shutdownGrace: "200 millis" })
         const stuck = yield* Deferred.await(stuckStarted)
 
         // Published only once the consumer is stuck, so they need fetches after it.
