@@ -24,15 +24,19 @@ interface PipelineState {
   readonly nextSequence: number
   /** Claims admitted and not yet finished (marked, or found nothing). */
   readonly inFlight: number
-  /** Ids this instance claimed and has neither marked nor released: given back on a stop. */
-  readonly leased: ReadonlySet<string>
+  /**
+   * Ids this instance claimed and has not yet tried to publish: what a stop gives back. A
+   * published row is not given back: if its mark never lands, its lease expires and the row
+   * is taken over (a counted duplicate), never quietly re-sent.
+   */
+  readonly unpublished: ReadonlySet<string>
   /** key → the highest batch sequence whose events of that key must be given back. */
   readonly holdBack: ReadonlyMap<string, number>
   /** Claims wait until the pipeline is empty (set by a hold-back, cleared when inFlight reaches 0). */
   readonly awaitingDrain: boolean
 }
 
-const initial: PipelineState = { nextSequence: 1, inFlight: 0, leased: new Set(), holdBack: new Map(), awaitingDrain: false }
+const initial: PipelineState = { nextSequence: 1, inFlight: 0, unpublished: new Set(), holdBack: new Map(), awaitingDrain: false }
 
 export interface PipelineCoordinator {
   /** Waits while the pipeline drains after a hold-back, then admits one claim and gives its sequence. */
@@ -43,10 +47,12 @@ export interface PipelineCoordinator {
   readonly holdBackIn: (sequence: number) => Effect.Effect<(key: string | null) => boolean>
   /** Events of these keys were left unsent by a batch: later ones already claimed must wait. */
   readonly leftUnsent: (keys: Iterable<string | null>) => Effect.Effect<void>
+  /** Publishing was attempted for these rows (sent, failed or dead): a stop no longer gives them back. */
+  readonly published: (ids: ReadonlyArray<string>) => Effect.Effect<void>
   /** A claim finished: its rows are marked or released (or it found none). */
   readonly finished: (ids: ReadonlyArray<string>) => Effect.Effect<void>
-  /** Leases this instance holds and has not marked. */
-  readonly leased: Effect.Effect<ReadonlySet<string>>
+  /** Leases this instance holds and has not tried to publish. */
+  readonly unpublished: Effect.Effect<ReadonlySet<string>>
 }
 
 export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effect.gen(function* () {
@@ -71,10 +77,19 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
     events.length === 0
       ? Effect.void
       : Ref.update(state, (s) => {
-          const leased = new Set(s.leased)
-          for (const e of events) leased.add(e.id)
-          return { ...s, leased }
+          const unpublished = new Set(s.unpublished)
+          for (const e of events) unpublished.add(e.id)
+          return { ...s, unpublished }
         })
+
+  const withoutIds = (s: PipelineState, ids: ReadonlyArray<string>) => {
+    if (ids.length === 0) return s.unpublished
+    const unpublished = new Set(s.unpublished)
+    for (const id of ids) unpublished.delete(id)
+    return unpublished
+  }
+
+  const published = (ids: ReadonlyArray<string>) => Ref.update(state, (s) => ({ ...s, unpublished: withoutIds(s, ids) }))
 
   const holdBackIn = (sequence: number) =>
     Ref.get(state).pipe(
@@ -100,17 +115,24 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
 
   const finished = (ids: ReadonlyArray<string>) =>
     Ref.modify(state, (s): readonly [boolean, PipelineState] => {
-      const leased = new Set(s.leased)
-      for (const id of ids) leased.delete(id)
+      const unpublished = withoutIds(s, ids)
       const inFlight = Math.max(0, s.inFlight - 1)
       // Empty pipeline: every unsent row is marked, so claims see them and hold their keys themselves.
       return inFlight === 0
-        ? [s.awaitingDrain, { ...s, leased, inFlight, holdBack: new Map(), awaitingDrain: false }]
-        : [false, { ...s, leased, inFlight }]
+        ? [s.awaitingDrain, { ...s, unpublished, inFlight, holdBack: new Map(), awaitingDrain: false }]
+        : [false, { ...s, unpublished, inFlight }]
     }).pipe(
       Effect.flatMap((reopened) => (reopened ? drained.open : Effect.void)),
       Effect.asVoid,
     )
 
-  return { admitClaim, claimed, holdBackIn, leftUnsent, finished, leased: Ref.get(state).pipe(Effect.map((s) => s.leased)) }
+  return {
+    admitClaim,
+    claimed,
+    holdBackIn,
+    leftUnsent,
+    published,
+    finished,
+    unpublished: Ref.get(state).pipe(Effect.map((s) => s.unpublished)),
+  }
 })

@@ -182,7 +182,10 @@ const publishClaimed = (coordinator: PipelineCoordinator) => (claimed: Claimed) 
     const outcome: BatchOutcome = (yield* leaseTooOld(claimed))
       ? { sent: [], failed: [], dead: [], givenBack: claimed.events, kafkaUnavailable: false }
       : yield* Effect.flatMap(coordinator.holdBackIn(claimed.sequence), (mustHoldBack) =>
-          publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey)).pipe(Effect.uninterruptible),
+          publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey)).pipe(
+            Effect.tap((o) => coordinator.published([...o.sent, ...o.failed, ...o.dead].map((p) => p.event.id))),
+            Effect.uninterruptible,
+          ),
         )
     yield* coordinator.leftUnsent([...outcome.failed.map((f) => f.event.aggregateKey), ...outcome.givenBack.map((e) => e.aggregateKey)])
     if (outcome.kafkaUnavailable) yield* Ref.set(state.kafkaReachable, false)
@@ -212,12 +215,12 @@ const markPublished =
       )
     }).pipe(Effect.uninterruptible)
 
-/** Gives back the leases of batches that were claimed but never published (a stop, a database error). */
+/** Gives back the leases of rows that were claimed but never published (a stop, a database error). */
 const releaseUnpublished = (coordinator: PipelineCoordinator) =>
   Effect.gen(function* () {
     const store = yield* OutboxStore
     const relayEvents = yield* RelayEvents
-    const ids = yield* coordinator.leased
+    const ids = yield* coordinator.unpublished
     const count = yield* store.release([...ids])
     if (count > 0) yield* Effect.logInfo("released unpublished leases").pipe(Effect.annotateLogs({ count }))
     yield* relayEvents.emit({ _tag: "LeasesReleased", count })

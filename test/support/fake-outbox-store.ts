@@ -1,0 +1,272 @@
+/**
+ * An in-memory outbox table that keeps the OutboxStore contract (test/contract/outbox-store-contract.ts
+ * proves it against the same tests as the PostgreSQL store): leases and their expiry, the
+ * per-key claim rule, marks only on rows the instance still holds, FAILED with next_attempt_at.
+ * Time is the Effect Clock, so under TestClock leases expire and retries come due when the
+ * simulation says. Every instance gets a view with its own name over one shared table.
+ */
+import { Clock, Effect, Layer, Ref, Stream } from "effect"
+import { RelayConfig } from "../../src/config/config.ts"
+import { DatabaseError, type DeadReason } from "../../src/domain/errors.ts"
+import type { ClaimedEvent, EventStatus, NewEvent } from "../../src/domain/outbox-event.ts"
+import { InstanceId } from "../../src/outbox/instance-id.ts"
+import { type MarkResult, OutboxStore } from "../../src/outbox/outbox-store.ts"
+
+export interface FakeRow {
+  readonly id: number
+  readonly eventId: string
+  readonly dedupKey: string
+  readonly eventType: string
+  readonly aggregateKey: string | null
+  readonly payload: string
+  readonly headers: string
+  readonly requestId: string | null
+  readonly traceparent: string | null
+  readonly createdAt: number
+  status: EventStatus
+  attempts: number
+  nextAttemptAt: number
+  lastError: string | null
+  deadReason: DeadReason | null
+  lockedBy: string | null
+  lockedUntil: number | null
+  sentAt: number | null
+  delivery: { readonly topic: string; readonly partition: number; readonly offset: string } | null
+}
+
+/** What the simulation's invariants read besides the rows. */
+export interface StoreJournal {
+  /** Every FAILED mark: the retry it scheduled (1-based) and its delay. */
+  readonly retries: Array<{ readonly id: number; readonly retry: number; readonly delayMs: number }>
+  /** Every claim of a row whose lease had expired under another (or a previous) holder. */
+  readonly takeovers: Array<{ readonly id: number; readonly from: string; readonly by: string }>
+}
+
+interface TableState {
+  readonly rows: Array<FakeRow>
+  nextId: number
+}
+
+/** Faults the simulation turns on and off. */
+export interface StoreFaults {
+  /** The database is unreachable: every statement fails. */
+  down: boolean
+  /** Instances whose process "died": their statements fail (their leases stay until they expire). */
+  readonly severed: Set<string>
+  /** Each statement fails with this probability (drawn from the simulation's seeded random). */
+  failureRate: number
+}
+
+export interface FakeDatabase {
+  readonly table: Ref.Ref<TableState>
+  readonly journal: StoreJournal
+  readonly faults: StoreFaults
+  /** The simulation's seeded random, for failure rates. */
+  readonly random: () => number
+}
+
+export const makeFakeDatabase = (random: () => number = () => 0): Effect.Effect<FakeDatabase> =>
+  Effect.map(Ref.make<TableState>({ rows: [], nextId: 1 }), (table) => ({
+    table,
+    journal: { retries: [], takeovers: [] },
+    faults: { down: false, severed: new Set(), failureRate: 0 },
+    random,
+  }))
+
+const isPending = (r: FakeRow) => r.status === "NEW" || r.status === "FAILED"
+const bytes = (s: string) => Buffer.byteLength(s)
+
+/** One instance's OutboxStore over the shared table: needs RelayConfig and InstanceId, like the real one. */
+export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
+  Layer.effect(
+    OutboxStore,
+    Effect.gen(function* () {
+      const config = yield* RelayConfig
+      const me = yield* InstanceId
+
+      // A statement: fails as a database error when the simulation says so, else runs atomically.
+      const statement = <A>(operation: string, f: (state: TableState, now: number) => A): Effect.Effect<A, DatabaseError> =>
+        Effect.gen(function* () {
+          if (db.faults.down || db.faults.severed.has(me) || (db.faults.failureRate > 0 && db.random() < db.faults.failureRate)) {
+            return yield* new DatabaseError({ operation, message: `${operation}: connection refused (simulated)`, cause: null })
+          }
+          const now = yield* Clock.currentTimeMillis
+          return yield* Ref.modify(db.table, (state) => [f(state, now), state] as const)
+        })
+
+      const claimDue = (limit: number, after = "0") =>
+        statement("claim", (state, now): ReadonlyArray<ClaimedEvent> => {
+          const from = Number(after)
+          const candidates = state.rows
+            .filter((r) => isPending(r) && r.id > from && r.nextAttemptAt <= now && (r.lockedUntil === null || r.lockedUntil < now))
+            .sort((a, b) => a.id - b.id)
+            .slice(0, limit)
+          const inClaim = new Set(candidates.map((c) => c.id))
+          const eligible = candidates.filter(
+            (c) =>
+              c.aggregateKey === null ||
+              !state.rows.some(
+                (older) =>
+                  older.aggregateKey === c.aggregateKey &&
+                  older.id < c.id &&
+                  isPending(older) &&
+                  !inClaim.has(older.id) &&
+                  !(older.lockedBy === me && older.lockedUntil !== null && older.lockedUntil > now),
+              ),
+          )
+          return eligible.map((row) => {
+            const previousOwner = row.lockedBy
+            if (previousOwner !== null) db.journal.takeovers.push({ id: row.id, from: previousOwner, by: me })
+            row.lockedBy = me
+            row.lockedUntil = now + config.leaseMs
+            const contentBytes = bytes(row.payload) + bytes(row.headers)
+            const fits = contentBytes <= config.maxRecordBytes
+            return {
+              id: String(row.id),
+              eventId: row.eventId,
+              dedupKey: row.dedupKey,
+              eventType: row.eventType,
+              aggregateKey: row.aggregateKey,
+              payload: fits ? row.payload : "null",
+              headers: fits ? row.headers : "{}",
+              oversizeBytes: fits ? null : contentBytes,
+              requestId: row.requestId,
+              traceparent: row.traceparent,
+              attempts: row.attempts,
+              createdAtMs: row.createdAt,
+              takenOverFrom: previousOwner,
+            }
+          })
+        })
+
+      /** Applies `update` to each row this instance holds; the others are lost. */
+      const mark = (operation: string, ids: ReadonlyArray<string>, update: (row: FakeRow, index: number, now: number) => void) =>
+        ids.length === 0
+          ? Effect.succeed<MarkResult>({ marked: [], lost: [] })
+          : statement(operation, (state, now): MarkResult => {
+              const marked: Array<string> = []
+              const lost: Array<string> = []
+              ids.forEach((id, i) => {
+                const row = state.rows.find((r) => r.id === Number(id))
+                if (row !== undefined && row.lockedBy === me && isPending(row)) {
+                  update(row, i, now)
+                  row.lockedBy = null
+                  row.lockedUntil = null
+                  marked.push(id)
+                } else lost.push(id)
+              })
+              return { marked, lost }
+            })
+
+      return OutboxStore.of({
+        claimDue,
+        markSent: (marks) =>
+          mark(
+            "mark sent",
+            marks.map((m) => m.id),
+            (row, i, now) => {
+              const m = marks[i]!
+              row.status = "SENT"
+              row.sentAt = now
+              row.lastError = null
+              row.delivery = { topic: m.topic, partition: m.partition, offset: m.offset }
+            },
+          ),
+        markFailed: (marks) =>
+          mark(
+            "mark failed",
+            marks.map((m) => m.id),
+            (row, i, now) => {
+              const m = marks[i]!
+              row.status = "FAILED"
+              row.attempts += 1
+              row.lastError = m.error
+              row.nextAttemptAt = now + m.retryInMs
+              db.journal.retries.push({ id: row.id, retry: row.attempts, delayMs: m.retryInMs })
+            },
+          ),
+        markDead: (marks) =>
+          mark(
+            "mark dead",
+            marks.map((m) => m.id),
+            (row, i) => {
+              const m = marks[i]!
+              row.status = "DEAD"
+              row.attempts += 1
+              row.deadReason = m.reason
+              row.lastError = m.error
+            },
+          ),
+        release: (ids) =>
+          ids.length === 0
+            ? Effect.succeed(0)
+            : statement("release", (state) => {
+                let n = 0
+                for (const row of state.rows) {
+                  if (ids.includes(String(row.id)) && row.lockedBy === me && isPending(row)) {
+                    row.lockedBy = null
+                    row.lockedUntil = null
+                    n++
+                  }
+                }
+                return n
+              }),
+        leaseHolders: (ids) =>
+          statement("lease holders", (state) => {
+            const holders = new Map<string, string | null>()
+            for (const id of ids) {
+              const row = state.rows.find((r) => r.id === Number(id))
+              if (row === undefined) continue
+              holders.set(id, isPending(row) ? row.lockedBy : (row.lockedBy ?? "another instance (already marked)"))
+            }
+            return holders
+          }),
+        append: (events) => statement("append", (state, now) => appendRows(state, events, now)),
+        countByStatus: statement("count", (state) => {
+          const counts: Record<EventStatus, number> = { NEW: 0, SENT: 0, FAILED: 0, DEAD: 0 }
+          for (const r of state.rows) counts[r.status]++
+          return counts
+        }),
+        requireCurrentSchema: Effect.void,
+        insertWakeUps: Stream.never,
+      })
+    }),
+  )
+
+const appendRows = (state: TableState, events: ReadonlyArray<NewEvent>, now: number) => {
+  const inserted: Array<string> = []
+  for (const e of events) {
+    if (state.rows.some((r) => r.dedupKey === e.dedupKey)) continue
+    const id = state.nextId++
+    state.rows.push({
+      id,
+      eventId: `00000000-0000-7000-8000-${String(id).padStart(12, "0")}`,
+      dedupKey: e.dedupKey,
+      eventType: e.eventType,
+      aggregateKey: e.aggregateKey ?? null,
+      payload: JSON.stringify(e.payload ?? null),
+      headers: JSON.stringify(e.headers ?? {}),
+      requestId: e.requestId ?? null,
+      traceparent: e.traceparent ?? null,
+      createdAt: now,
+      status: "NEW",
+      attempts: 0,
+      nextAttemptAt: now,
+      lastError: null,
+      deadReason: null,
+      lockedBy: null,
+      lockedUntil: null,
+      sentAt: null,
+      delivery: null,
+    })
+    inserted.push(String(id))
+  }
+  return { inserted, duplicates: events.length - inserted.length }
+}
+
+/** A service's insert: not subject to the relay's faults (the writer retries on its own). */
+export const writeEvents = (db: FakeDatabase, events: ReadonlyArray<NewEvent>) =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) => Ref.modify(db.table, (state) => [appendRows(state, events, now), state] as const))
+
+/** The rows as they are now (a copy), for invariants. */
+export const snapshotRows = (db: FakeDatabase) => Ref.get(db.table).pipe(Effect.map((s) => s.rows.map((r) => ({ ...r }))))

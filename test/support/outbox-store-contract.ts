@@ -1,0 +1,166 @@
+/**
+ * The OutboxStore contract, as tests that run against any implementation: the PostgreSQL
+ * store (test/integration/outbox-store-contract.test.ts) and the in-memory fake the
+ * simulation uses (test/simulation/fake-outbox-store-contract.test.ts). One suite for both
+ * is what lets the simulation trust the fake: it cannot drift from the real claim.
+ */
+import { expect } from "@effect/vitest"
+import { Effect, type Scope } from "effect"
+import type { DeadReason } from "../../src/domain/errors.ts"
+import type { EventStatus, NewEvent } from "../../src/domain/outbox-event.ts"
+import type { OutboxStore } from "../../src/outbox/outbox-store.ts"
+
+export interface RowState {
+  readonly status: EventStatus
+  readonly attempts: number
+  readonly lockedBy: string | null
+  readonly deadReason: DeadReason | null
+}
+
+export interface StoreContractEnv {
+  /** The store as instance `name` sees it; every instance shares one table. */
+  readonly instance: (name: string) => Effect.Effect<OutboxStore["Service"], never, Scope.Scope>
+  /** Lets time pass (the real database's clock, or the TestClock). */
+  readonly advance: (ms: number) => Effect.Effect<void>
+  readonly row: (id: string) => Effect.Effect<RowState>
+}
+
+/** The settings every implementation runs the contract with. */
+export const CONTRACT_LEASE_MS = 1_000
+export const CONTRACT_MAX_RECORD_BYTES = 4_096
+
+type Register = (name: string, body: (env: StoreContractEnv) => Effect.Effect<void, unknown, Scope.Scope>) => void
+
+const event = (dedupKey: string, aggregateKey: string | null, payload: unknown = { n: dedupKey }): NewEvent => ({
+  dedupKey,
+  eventType: "search_click",
+  aggregateKey,
+  payload,
+})
+
+const ids = (events: ReadonlyArray<{ readonly id: string }>) => events.map((e) => e.id)
+
+export const outboxStoreContract = (test: Register) => {
+  test("claims due rows oldest first, up to the limit, each leased to one instance only", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const b = yield* env.instance("instance-b")
+      const { inserted } = yield* a.append([1, 2, 3, 4, 5].map((i) => event(`e${i}`, null)))
+      expect(ids(yield* a.claimDue(3))).toEqual(inserted.slice(0, 3))
+      expect(ids(yield* b.claimDue(10))).toEqual(inserted.slice(3))
+      expect(yield* a.claimDue(10)).toEqual([])
+      expect((yield* env.row(inserted[0]!)).lockedBy).toBe("instance-a")
+    }))
+
+  test("holds a key's later rows back while an older one is leased by another instance", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const b = yield* env.instance("instance-b")
+      const { inserted } = yield* a.append([event("k1", "K"), event("x", null), event("k2", "K")])
+      const [k1, x, k2] = inserted as [string, string, string]
+      expect(ids(yield* b.claimDue(1))).toEqual([k1])
+      expect(ids(yield* a.claimDue(10))).toEqual([x])
+      yield* b.markSent([{ id: k1, topic: "t", partition: 0, offset: "0" }])
+      expect(ids(yield* a.claimDue(10))).toEqual([k2])
+    }))
+
+  test("lets an instance claim behind its own lease, and a whole key in one claim", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const { inserted } = yield* a.append([event("k1", "K"), event("k2", "K"), event("k3", "K")])
+      expect(ids(yield* a.claimDue(1))).toEqual([inserted[0]])
+      expect(ids(yield* a.claimDue(10))).toEqual(inserted.slice(1))
+    }))
+
+  test("a claim past a cursor skips lower ids, yet the key check still sees them", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const { inserted } = yield* a.append([event("k1", "K"), event("y", null), event("k2", "K")])
+      const [k1, y] = inserted as [string, string, string]
+      expect(ids(yield* a.claimDue(10, k1))).toEqual([y])
+      expect(ids(yield* a.claimDue(10))).toEqual([k1, inserted[2]])
+    }))
+
+  test("a FAILED row waits for its retry time and holds its key back meanwhile", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const { inserted } = yield* a.append([event("k1", "K"), event("k2", "K")])
+      const [k1, k2] = inserted as [string, string]
+      expect(ids(yield* a.claimDue(1))).toEqual([k1])
+      const failed = yield* a.markFailed([{ id: k1, error: "broker down", retryInMs: 600 }])
+      expect(failed).toEqual({ marked: [k1], lost: [] })
+      expect(yield* env.row(k1)).toMatchObject({ status: "FAILED", attempts: 1, lockedBy: null })
+      expect(yield* a.claimDue(10)).toEqual([])
+      yield* env.advance(900)
+      expect(ids(yield* a.claimDue(10))).toEqual([k1, k2])
+    }))
+
+  test("an expired lease is taken over by another instance, and the first one's mark is then lost", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const b = yield* env.instance("instance-b")
+      const { inserted } = yield* a.append([event("e", "K")])
+      const e = inserted[0]!
+      expect(ids(yield* a.claimDue(10))).toEqual([e])
+      expect(yield* b.claimDue(10)).toEqual([])
+      yield* env.advance(CONTRACT_LEASE_MS + 300)
+      const taken = yield* b.claimDue(10)
+      expect(taken.map((t) => [t.id, t.takenOverFrom])).toEqual([[e, "instance-a"]])
+      expect((yield* a.leaseHolders([e])).get(e)).toBe("instance-b")
+      expect(yield* a.markSent([{ id: e, topic: "t", partition: 0, offset: "1" }])).toEqual({ marked: [], lost: [e] })
+      expect(yield* b.markSent([{ id: e, topic: "t", partition: 0, offset: "2" }])).toEqual({ marked: [e], lost: [] })
+      expect((yield* env.row(e)).status).toBe("SENT")
+    }))
+
+  test("marks only rows the instance holds, and DEAD keeps its reason", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const b = yield* env.instance("instance-b")
+      const { inserted } = yield* a.append([event("d1", null), event("d2", null)])
+      const [d1, d2] = inserted as [string, string]
+      yield* a.claimDue(10)
+      expect(yield* b.markDead([{ id: d1, reason: "unknown_event_type", error: "no topic" }])).toEqual({ marked: [], lost: [d1] })
+      expect(yield* a.markDead([{ id: d1, reason: "unknown_event_type", error: "no topic" }])).toEqual({ marked: [d1], lost: [] })
+      expect(yield* env.row(d1)).toEqual({ status: "DEAD", attempts: 1, lockedBy: null, deadReason: "unknown_event_type" })
+      // A marked row is not marked twice.
+      expect(yield* a.markSent([{ id: d1, topic: "t", partition: 0, offset: "0" }])).toEqual({ marked: [], lost: [d1] })
+      expect((yield* env.row(d2)).lockedBy).toBe("instance-a")
+    }))
+
+  test("release gives back only the instance's own leases, and the row is claimable at once", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const b = yield* env.instance("instance-b")
+      const { inserted } = yield* a.append([event("r", "K")])
+      const r = inserted[0]!
+      yield* a.claimDue(10)
+      expect(yield* b.release([r])).toBe(0)
+      expect(yield* a.release([r])).toBe(1)
+      expect(yield* env.row(r)).toMatchObject({ status: "NEW", attempts: 0, lockedBy: null })
+      const again = yield* b.claimDue(10)
+      expect(again.map((t) => [t.id, t.takenOverFrom])).toEqual([[r, null]])
+    }))
+
+  test("claims a row too large to carry without its content, and says how large it is", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const blob = "x".repeat(CONTRACT_MAX_RECORD_BYTES * 3)
+      const { inserted } = yield* a.append([event("big", "K", { blob }), event("small", "K")])
+      const [big, small] = yield* a.claimDue(10)
+      expect(big!.id).toBe(inserted[0])
+      expect(big!.oversizeBytes).toBeGreaterThan(CONTRACT_MAX_RECORD_BYTES * 3)
+      expect(big!.payload).not.toContain(blob)
+      expect(small!.oversizeBytes).toBeNull()
+      expect(JSON.parse(small!.payload)).toEqual({ n: "small" })
+    }))
+
+  test("appending a dedup_key that exists is a no-op", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      expect((yield* a.append([event("once", null)])).duplicates).toBe(0)
+      const again = yield* a.append([event("once", null), event("twice", null)])
+      expect(again.duplicates).toBe(1)
+      expect(again.inserted).toHaveLength(1)
+      expect(yield* a.countByStatus).toEqual({ NEW: 2, SENT: 0, FAILED: 0, DEAD: 0 })
+    }))
+}
