@@ -7,7 +7,7 @@
  * SQLSTATE (database-errors.ts); a data error in the inbox row is the message's, and gets
  * the handler's retry budget, then the dead-letter topic.
  */
-import { Cause, Effect, Option, Ref, Result, type Schema } from "effect"
+import { Cause, Effect, Exit, Option, Ref, Result, type Schema } from "effect"
 import { SqlClient, SqlError } from "effect/sql"
 import { type BackoffPolicy, backoffSchedule } from "../relay/backoff.ts"
 import {
@@ -133,6 +133,13 @@ export const processMessage =
             return "Processed" as const
           }),
         )
+        // Counted the moment the transaction commits: a revoke interrupting this fiber right
+        // after COMMIT must not leave an applied event uncounted (its redelivery is a duplicate).
+        .pipe(
+          Effect.onExit((exit) =>
+            Exit.isSuccess(exit) ? p.stats.record(exit.value === "Duplicate" ? "duplicates" : "processed") : Effect.void,
+          ),
+        )
         // One place decides whose fault a failure is. A failed ROLLBACK on a dead connection
         // is a defect combined with the handler's failure, so the whole cause is read.
         .pipe(Effect.catchCause((cause) => (Cause.hasInterruptsOnly(cause) ? Effect.interrupt : Effect.fail(blame(cause)))))
@@ -175,11 +182,9 @@ export const processMessage =
         return yield* deadLetter(dedupKey, error._tag === "InboxRejected" ? "inbox_rejected" : "handler_failed", error.message)
       }
       if (settled.success === "Duplicate") {
-        yield* p.stats.record("duplicates")
         yield* Effect.logDebug("duplicate skipped: its dedup key is already in the inbox")
         return { _tag: "Duplicate", message, dedupKey } satisfies MessageOutcome
       }
-      yield* p.stats.record("processed")
       return { _tag: "Processed", message, dedupKey, attempts: yield* Ref.get(attempts) } satisfies MessageOutcome
     }).pipe(
       Effect.annotateLogs({

@@ -80,16 +80,18 @@ describe("idempotent consumer", () => {
           // Offsets would otherwise be committed at the end of the batch; the kill comes first.
           commitInterval: "1 hour",
           shutdownGrace: "200 millis",
+          // From the 25th settled message on, every partition's batch hangs before its offset commit.
           afterMessage: (outcome) =>
             Ref.updateAndGet(settledBeforeCrash, (n) => n + 1).pipe(
-              Effect.flatMap((n) => (n === 25 ? Deferred.succeed(crashPoint, outcome).pipe(Effect.andThen(Effect.never)) : Effect.void)),
+              Effect.flatMap((n) => (n < 25 ? Effect.void : Deferred.succeed(crashPoint, outcome).pipe(Effect.andThen(Effect.never)))),
             ),
         })
         const crashedAt = yield* Deferred.await(crashPoint)
         yield* first.stop
         const firstStats = yield* first.handle.stats
         expect(crashedAt._tag).toBe("Processed")
-        expect(firstStats.processed).toBe(25)
+        // Partitions run side by side, so others may settle a message or two while the first hangs.
+        expect(firstStats.processed).toBeGreaterThanOrEqual(25)
         // The transaction of the 25th message committed: its key is in the inbox although its offset is not.
         expect(yield* inboxKeys(s.db.url, s.groupId)).toContain(crashedAt.dedupKey)
 
@@ -101,7 +103,7 @@ describe("idempotent consumer", () => {
         )
 
         expect(secondStats.duplicates).toBeGreaterThanOrEqual(1)
-        expect(secondStats.processed).toBe(15)
+        expect(secondStats.processed).toBe(40 - firstStats.processed)
         expect(yield* readClickCounts(s.db.url)).toEqual(expectedCounts(sent.map((c) => c.query)))
         expect(yield* inboxKeys(s.db.url, s.groupId)).toHaveLength(40)
       }),
