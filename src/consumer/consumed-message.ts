@@ -1,6 +1,7 @@
 /** A Kafka message as the handler sees it: the relay's headers read out, the value decoded. */
 import { Option, Result, Schema, type Tracer } from "effect"
 import { Headers, HttpTraceContext } from "effect/http"
+import { isUtf8 } from "node:buffer"
 import type { IHeaders, KafkaMessage } from "kafkajs"
 import { UnprocessableMessage } from "./errors.ts"
 
@@ -135,6 +136,10 @@ export const decodePayload =
   <A>(schema: Schema.Decoder<A>) =>
   (message: ConsumedMessage): Result.Result<A, UnprocessableMessage> => {
     let json: unknown = null
+    // JSON text is UTF-8: a value that is not would reach the handler with U+FFFD in place of its bytes.
+    if (message.raw.value !== null && !isUtf8(message.raw.value)) {
+      return Result.fail(new UnprocessableMessage({ reason: "invalid_payload", message: "value is not valid UTF-8" }))
+    }
     if (message.value !== null) {
       try {
         json = JSON.parse(message.value)

@@ -68,14 +68,20 @@ describe("idempotent consumer under hostile input and faults", () => {
           { key: "agg", value: clickValue("tent"), headers: relayHeaders("s5-caf\u00e9-2") },
           // event_id is written to the inbox, so it is held to the same rule.
           { key: "agg", value: clickValue("tent"), headers: relayHeaders("s5-bad-event-id", { event_id: Buffer.from([0x61, 0xff]) }) },
+          // A value whose JSON would decode with U+FFFD in place of its bytes.
+          {
+            key: "agg",
+            value: Buffer.concat([Buffer.from('{"query":"tent'), Buffer.from([0xff]), Buffer.from('","resultId":"r","position":1}')]),
+            headers: relayHeaders("s5-bad-value"),
+          },
         ])
         const consumer = yield* startProjection(s.db.url, s)
-        const stats = yield* waitForStats(consumer, (st) => st.processed + st.deadLettered + st.duplicates === 6, 30_000)
-        expect(stats).toMatchObject({ processed: 2, deadLettered: 4, duplicates: 0 })
+        const stats = yield* waitForStats(consumer, (st) => st.processed + st.deadLettered + st.duplicates === 7, 30_000)
+        expect(stats).toMatchObject({ processed: 2, deadLettered: 5, duplicates: 0 })
 
-        const letters = yield* readRaw(s.deadLetterTopic, 4)
+        const letters = yield* readRaw(s.deadLetterTopic, 5)
         const reasons = letters.map((m) => m.headers["dlq.reason"]?.toString()).sort()
-        expect(reasons).toEqual(["invalid_dedup_key", "invalid_dedup_key", "invalid_dedup_key", "invalid_header"])
+        expect(reasons).toEqual(["invalid_dedup_key", "invalid_dedup_key", "invalid_dedup_key", "invalid_header", "invalid_payload"])
         const deadKeys = letters
           .filter((m) => m.headers["dlq.reason"]?.toString() === "invalid_dedup_key")
           .map((m) => m.headers.dedup_key?.toString("hex"))

@@ -215,7 +215,7 @@ export interface RawMessage {
   /** Without it, the key picks the partition. */
   readonly partition?: number
   readonly key: string
-  readonly value: string
+  readonly value: string | Buffer
   readonly headers: Readonly<Record<string, Buffer | string>>
 }
 
