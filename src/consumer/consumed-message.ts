@@ -1,7 +1,8 @@
 /** A Kafka message as the handler sees it: the relay's headers read out, the value decoded. */
+
+import { isUtf8 } from "node:buffer"
 import { Option, Result, Schema, type Tracer } from "effect"
 import { Headers, HttpTraceContext } from "effect/http"
-import { isUtf8 } from "node:buffer"
 import type { IHeaders, KafkaMessage } from "kafkajs"
 import { UnprocessableMessage } from "./errors.ts"
 
