@@ -1,12 +1,16 @@
 /**
  * `npm run bench`: the relay against its own ceilings on this machine. Prints a table and
  * writes bench/results/<date>.json. `--smoke` runs tiny sizes (CI), `--full` the large ones.
+ * `--drain-only`: the ceilings and one single-instance drain, nothing else (minutes, for
+ * iterating on the relay's cost). BENCH_RELAY=js runs the compiled dist/cli/main.js
+ * (scripts/build-lib.sh) instead of the TypeScript sources; BENCH_RELAY_NODE_OPTIONS is the
+ * relay's NODE_OPTIONS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
  */
 import { execFileSync } from "node:child_process"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus, totalmem } from "node:os"
 import { Effect } from "effect"
-import { kafkaCeiling, postgresCeiling } from "./scenarios/ceilings.ts"
+import { kafkaCeiling, postgresCeiling, postgresMinimalCeiling } from "./scenarios/ceilings.ts"
 import { type DrainResult, drain } from "./scenarios/drain.ts"
 import { soak } from "./scenarios/soak.ts"
 import { type SteadyResult, steadyRate } from "./scenarios/steady-rate.ts"
@@ -16,6 +20,7 @@ import { seedRows } from "./support/seed.ts"
 const args = new Set(process.argv.slice(2))
 const mode = args.has("--smoke") ? "smoke" : args.has("--full") ? "full" : "default"
 const soakMinutes = args.has("--soak") ? 10 : 0
+const drainOnly = args.has("--drain-only")
 const sizes = {
   smoke: { ceiling: 5_000, drain: 5_000, history: 20_000, steadySeconds: 3, rates: [1_000], perTx: [10] },
   default: {
@@ -56,14 +61,20 @@ const program = Effect.gen(function* () {
   log(`kafka ceiling ${fmt(kafka)} ev/s`)
   const postgres = yield* scenario((env) => postgresCeiling(env, sizes.ceiling))
   log(`postgres ceiling ${fmt(postgres)} ev/s`)
+  const postgresMinimal = yield* scenario((env) => postgresMinimalCeiling(env, sizes.ceiling))
+  log(`postgres minimal ${fmt(postgresMinimal)} ev/s`)
   const ceiling = Math.min(kafka, postgres)
 
   const drains: Array<DrainResult & { ratioToCeiling: number; label: string }> = []
-  for (const instances of [1, 2]) {
+  for (const instances of drainOnly ? [1] : [1, 2]) {
     const r = yield* scenario((env) => drain(env, { events: sizes.drain, instances }))
     drains.push({ ...r, ratioToCeiling: r.eventsPerSecond / ceiling, label: `drain ${fmt(sizes.drain)}, ${instances} instance(s)` })
-    log(`${drains.at(-1)!.label}: ${fmt(r.eventsPerSecond)} ev/s`)
+    log(
+      `${drains.at(-1)!.label}: ${fmt(r.eventsPerSecond)} ev/s; µs/event relay ${fmt(r.cpuMicrosPerEvent, 1)} postgres ${fmt(r.postgresCpuMicrosPerEvent, 1)} broker ${fmt(r.brokerCpuMicrosPerEvent, 1)}`,
+    )
   }
+  if (drainOnly)
+    return { kafka, postgres, postgresMinimal, ceiling, drains, history: undefined, historyCost: undefined, steady: [], soak: undefined }
   const history = yield* scenario((env) =>
     Effect.gen(function* () {
       yield* seedRows(env.databaseUrl, { count: sizes.history, status: "SENT", keys: 1000, prefix: "history" })
@@ -87,7 +98,7 @@ const program = Effect.gen(function* () {
   }
   const soakResult =
     soakMinutes > 0 ? yield* scenario((env) => soak(env, { minutes: soakMinutes, rate: 2_000, retention: "1m" })) : undefined
-  return { kafka, postgres, ceiling, drains, history, historyCost, steady, soak: soakResult }
+  return { kafka, postgres, postgresMinimal, ceiling, drains, history, historyCost, steady, soak: soakResult }
 })
 
 const versions = () => {
@@ -105,37 +116,66 @@ const versions = () => {
 
 const r = await Effect.runPromise(program)
 const date = new Date().toISOString()
+const d1 = r.drains[0]!
 const result = {
   date,
-  mode,
+  mode: drainOnly ? `${mode}-drain-only` : mode,
+  relay: process.env.BENCH_RELAY === "js" ? "compiled dist/cli/main.js" : "src/cli/main.ts (type stripping)",
   machine: { cpu: cpus()[0]?.model ?? "?", cores: cpus().length, memoryGb: Math.round(totalmem() / 2 ** 30) },
   versions: versions(),
   settings: { batchSize: 500, pollIntervalMs: 500, partitions: PARTITIONS, payloadBytes: 200, sizes },
-  ceilings: { kafka_events_per_s: r.kafka, postgres_events_per_s: r.postgres },
-  drain_events_per_s: r.drains[0]!.eventsPerSecond,
-  ratio_to_ceiling: r.drains[0]!.ratioToCeiling,
+  ceilings: { kafka_events_per_s: r.kafka, postgres_events_per_s: r.postgres, postgres_minimal_events_per_s: r.postgresMinimal },
+  // The single-instance drain, first SENT → last SENT.
+  drain_events_per_s: d1.eventsPerSecond,
+  drain_from_start_events_per_s: d1.fromStartEventsPerSecond,
+  ratio_to_ceiling: d1.ratioToCeiling,
+  ratio_to_kafka_ceiling: d1.eventsPerSecond / r.kafka,
+  machine_cpu_us_per_event: d1.machineCpuMicrosPerEvent,
+  relay_cpu_us_per_event: d1.cpuMicrosPerEvent,
+  postgres_cpu_us_per_event: d1.postgresCpuMicrosPerEvent,
+  broker_cpu_us_per_event: d1.brokerCpuMicrosPerEvent,
+  relay_peak_rss_mb: d1.peakRssMb,
   drains: r.drains,
-  history: { sent_rows: sizes.history, drain_events_per_s: r.history.eventsPerSecond, cost_ratio: r.historyCost },
+  history:
+    r.history === undefined
+      ? undefined
+      : { sent_rows: sizes.history, drain_events_per_s: r.history.eventsPerSecond, cost_ratio: r.historyCost },
   steady: r.steady,
   soak: r.soak,
 }
 mkdirSync(new URL("./results/", import.meta.url), { recursive: true })
-const file = new URL(`./results/${date.slice(0, 19).replaceAll(":", "-")}${mode === "default" ? "" : `-${mode}`}.json`, import.meta.url)
+const suffix = `${mode === "default" ? "" : `-${mode}`}${drainOnly ? "-drain" : ""}`
+const file = new URL(`./results/${date.slice(0, 19).replaceAll(":", "-")}${suffix}.json`, import.meta.url)
 writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`)
 
 const rows: Array<[string, string, string]> = [
   ["Kafka alone (ceiling)", `${fmt(r.kafka)} ev/s`, ""],
   ["PostgreSQL claim+mark alone (ceiling)", `${fmt(r.postgres)} ev/s`, ""],
-  ...r.drains.map((d): [string, string, string] => [
-    d.label,
-    `${fmt(d.eventsPerSecond)} ev/s`,
-    `${fmt(d.ratioToCeiling, 2)} × ceiling; ${fmt(d.cpuMicrosPerEvent, 1)} µs CPU/event; RSS ${fmt(d.peakRssMb)} MB`,
-  ]),
-  [
-    `drain with ${fmt(sizes.history)} SENT rows`,
-    `${fmt(r.history.eventsPerSecond)} ev/s`,
-    `${fmt(r.historyCost * 100, 1)} % slower than empty`,
-  ],
+  ["PostgreSQL minimal (reference)", `${fmt(r.postgresMinimal)} ev/s`, "lock, read, mark SENT in one transaction; no lease"],
+  ...r.drains.flatMap(
+    (d): Array<[string, string, string]> => [
+      [
+        d.label,
+        `${fmt(d.eventsPerSecond)} ev/s`,
+        `first → last SENT; ${fmt(d.fromStartEventsPerSecond)} ev/s from process start; ${fmt(d.ratioToCeiling, 2)} × ceiling, ${fmt(d.eventsPerSecond / r.kafka, 2)} × Kafka alone`,
+      ],
+      [
+        "  CPU µs per event",
+        `${fmt(d.machineCpuMicrosPerEvent, 1)} machine`,
+        `relay ${fmt(d.cpuMicrosPerEvent, 1)} (${fmt(d.relayTotalCpuMicrosPerEvent, 1)} with start-up), PostgreSQL ${fmt(d.postgresCpuMicrosPerEvent, 1)} (backends ${fmt(d.postgresBackendsCpuMicrosPerEvent, 1)}), broker ${fmt(d.brokerCpuMicrosPerEvent, 1)}`,
+      ],
+      ["  relay peak RSS", `${fmt(d.peakRssMb)} MB`, ""],
+    ],
+  ),
+  ...(r.history === undefined || r.historyCost === undefined
+    ? []
+    : [
+        [
+          `drain with ${fmt(sizes.history)} SENT rows`,
+          `${fmt(r.history.eventsPerSecond)} ev/s`,
+          `${fmt(r.historyCost * 100, 1)} % slower than empty`,
+        ] as [string, string, string],
+      ]),
   ...r.steady.map((s): [string, string, string] => [
     `steady ${fmt(s.rate)}/s, ${s.perTx}/tx, NOTIFY ${s.notify ? "on" : "off"}`,
     `${fmt(s.keptPerSecond)} ev/s kept`,

@@ -1,16 +1,24 @@
-/** A relay as users run it (`bin/outbox-relay run` in its own process), with its CPU time and peak memory read from /proc. */
+/**
+ * A relay as users run it (`bin/outbox-relay run` in its own process, or the compiled
+ * dist/cli/main.js with BENCH_RELAY=js), with its CPU time and peak memory read from /proc.
+ */
 import { type ChildProcess, spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 
 const BIN = fileURLToPath(new URL("../../bin/outbox-relay", import.meta.url))
+const COMPILED = fileURLToPath(new URL("../../dist/cli/main.js", import.meta.url))
 const CLOCK_TICKS_PER_S = 100
 
 export interface RelayProcess {
   readonly child: ChildProcess
+  /** Epoch ms at which the process was spawned. */
+  readonly spawnedAt: number
   /** Epoch ms at which the relay logged "relay started". */
   readonly startedAt: number
+  /** Its CPU seconds by then: loading modules and connecting, not relaying. */
+  readonly cpuAtStart: number
 }
 
 export interface ProcessCost {
@@ -30,8 +38,17 @@ export const processCost = (pid: number): ProcessCost => {
 export const startRelay = (env: Record<string, string>) =>
   Effect.acquireRelease(
     Effect.callback<RelayProcess, Error>((resume) => {
-      const child = spawn(BIN, ["run"], {
-        env: { PATH: process.env.PATH ?? "", LOG_FORMAT: "json", LOG_LEVEL: "info", HTTP_PORT: "0", ...env },
+      const spawnedAt = Date.now()
+      const [command, args] = process.env.BENCH_RELAY === "js" ? [process.execPath, [COMPILED, "run"]] : [BIN, ["run"]]
+      const child = spawn(command, args, {
+        env: {
+          PATH: process.env.PATH ?? "",
+          NODE_OPTIONS: process.env.BENCH_RELAY_NODE_OPTIONS ?? "",
+          LOG_FORMAT: "json",
+          LOG_LEVEL: "info",
+          HTTP_PORT: "0",
+          ...env,
+        },
         stdio: ["ignore", "pipe", "pipe"],
       })
       let buffered = ""
@@ -47,7 +64,14 @@ export const startRelay = (env: Record<string, string>) =>
           buffered = buffered.slice(nl + 1)
           if (line.includes('"relay started"')) {
             clearTimeout(timer)
-            resume(Effect.succeed({ child, startedAt: Date.parse((JSON.parse(line) as { timestamp: string }).timestamp) }))
+            resume(
+              Effect.succeed({
+                child,
+                spawnedAt,
+                startedAt: Date.parse((JSON.parse(line) as { timestamp: string }).timestamp),
+                cpuAtStart: processCost(child.pid!).cpuSeconds,
+              }),
+            )
           } else if (line.includes('"level":"error"')) {
             errors = (errors + line).slice(-4000)
           }
