@@ -9,6 +9,8 @@ import type { BatchSummary } from "./mark-outcome.ts"
 
 export type RelayEvent =
   | { readonly _tag: "ClaimedNothing" }
+  /** A trigger (tick or wake-up) came while paused or stopping, and claimed nothing. */
+  | { readonly _tag: "TriggerIgnored" }
   | { readonly _tag: "BatchMarked"; readonly ids: ReadonlyArray<string>; readonly summary: BatchSummary }
   | { readonly _tag: "LeasesReleased"; readonly count: number }
 

@@ -51,7 +51,10 @@ const recordCycle = Effect.gen(function* () {
 /** A trigger while paused is a cycle too: the loop is alive, it just claims nothing. */
 const claimingOnAtTrigger = Effect.gen(function* () {
   const on = yield* isClaimingOn
-  if (!on) yield* recordCycle
+  if (!on) {
+    yield* recordCycle
+    yield* (yield* RelayEvents).emit({ _tag: "TriggerIgnored" })
+  }
   return on
 })
 

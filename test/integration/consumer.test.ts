@@ -53,7 +53,7 @@ describe("idempotent consumer", () => {
         yield* publishClicks(s.topic, sent)
         const consumer = yield* startProjection(s.db.url, s)
         yield* waitForStats(consumer, (st) => st.processed === 60)
-        const original = yield* readTopics([s.topic], { expected: 60, settleMs: 500 })
+        const original = yield* readTopics([s.topic], { expected: 60 })
 
         yield* republish(original)
         const stats = yield* waitForStats(consumer, (st) => st.duplicates === 60)
@@ -129,7 +129,7 @@ describe("idempotent consumer", () => {
         const stats = yield* waitForStats(consumer, (st) => st.processed + st.deadLettered === 32)
         expect(stats).toMatchObject({ processed: 30 - socks.length, deadLettered: socks.length + 2, handlerFailures: socks.length * 3 })
 
-        const letters = yield* readTopics([s.deadLetterTopic], { expected: socks.length + 2, settleMs: 500 })
+        const letters = yield* readTopics([s.deadLetterTopic], { expected: socks.length + 2 })
         const byReason = (reason: string) => letters.filter((m) => m.headers["dlq.reason"] === reason)
         expect(
           byReason("handler_failed")

@@ -122,7 +122,7 @@ describe("effectively once, end to end", () => {
         yield* waitUntilAllSent(outboxDb.url)
 
         const total = committed.length + takenOver.length
-        const messages = yield* readTopics([topic], { expected: total, settleMs: 2_000 })
+        const messages = yield* readTopics([topic], { expected: total })
         const copies = new Map<string, number>()
         for (const m of messages) copies.set(m.headers.dedup_key!, (copies.get(m.headers.dedup_key!) ?? 0) + 1)
         const duplicatedOnKafka = [...copies].filter(([, n]) => n > 1).map(([key]) => key)

@@ -4,7 +4,7 @@
  * and dead letters can be listed and replayed, with bad input answered by 400.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Stream } from "effect"
 import { SqlClient } from "effect/sql"
 import { ensureTopics } from "../../src/kafka/topics.ts"
 import { readTopics } from "../support/kafka-reader.ts"
@@ -91,11 +91,19 @@ describe("HTTP API", () => {
         expect(paused.body).toMatchObject({ paused: true, changed: true })
         expect(field(yield* request(`${relay.baseUrl}/admin/status`, { headers: auth }), "paused")).toBe(true)
 
+        const ignored = yield* relay.events.subscribe
         yield* sql`INSERT INTO outbox_event (dedup_key, event_type, payload) VALUES ('paused-1', 'search_click', '{}'::jsonb)`.pipe(
           Effect.orDie,
         )
-        // Ten poll intervals and its NOTIFY wake-up: paused, nothing claims it.
-        yield* Effect.sleep("2 seconds")
+        // Two triggers ignored since the insert committed: at least one came after it, and would
+        // have claimed it were the relay not paused.
+        yield* ignored.pipe(
+          Stream.filter((e) => e._tag === "TriggerIgnored"),
+          Stream.take(2),
+          Stream.runDrain,
+          Effect.timeout("10 seconds"),
+          Effect.orDie,
+        )
         expect(yield* row).toEqual([{ status: "NEW", attempts: 0, locked_by: null }])
         // Paused is alive: the liveness probe must not restart a relay an operator paused.
         const health = yield* request(`${relay.baseUrl}/healthz`)
@@ -105,7 +113,7 @@ describe("HTTP API", () => {
         const resumed = yield* request(`${relay.baseUrl}/admin/resume`, { method: "POST", headers: auth })
         expect(resumed.body).toMatchObject({ paused: false, changed: true })
         yield* eventually(row, (rows) => rows[0]?.status === "SENT", 15_000, "paused-1 SENT after resume")
-        const messages = yield* readTopics([topics.map.search_click!], { expected: 1, settleMs: 1_000 })
+        const messages = yield* readTopics([topics.map.search_click!], { expected: 1 })
         expect(messages.map((m) => m.headers.dedup_key)).toEqual(["paused-1"])
       }),
     120_000,
@@ -222,7 +230,7 @@ describe("HTTP API", () => {
           { id: String(field(done, "audit_id")), actor: "ops@example.com", origin: "admin-api", event_ids: [dead!.id] },
         ])
         // Requeued as NEW, claimed again, and (its type still unmapped) dead-lettered a second time.
-        const letters = yield* readTopics([topics.dlq], { expected: 2, settleMs: 1_000 })
+        const letters = yield* readTopics([topics.dlq], { expected: 2 })
         expect(letters.map((m) => m.headers.dedup_key)).toEqual(["dl-1", "dl-1"])
       }),
     120_000,

@@ -286,7 +286,7 @@ describe("the packed package installed into a user's project", () => {
           expect(exitCode, relayOutput).toBe(0)
 
           // Redelivery, as after a consumer crash before its offset commit: the same record again.
-          const [record] = yield* readTopics([topic], { expected: 1, settleMs: 0 })
+          const [record] = yield* readTopics([topic], { expected: 1 })
           expect(record?.headers.dedup_key).toBe(dedupKey)
           yield* Effect.promise(async () => {
             const producer = new Kafka({ clientId: "installed-package-test", brokers: brokers.split(","), logLevel: 1 }).producer()

@@ -95,7 +95,7 @@ describe("metrics endpoint", () => {
         expect(before.text).not.toContain("_total_total")
 
         expect((yield* request(`${relay.baseUrl}/admin/resume`, { method: "POST", headers: auth })).status).toBe(200)
-        const messages = yield* readTopics([topics.map.search_click!, topics.dlq], { expected: 3, settleMs: 500 })
+        const messages = yield* readTopics([topics.map.search_click!, topics.dlq], { expected: 3 })
         expect(messages.map((m) => m.headers.dedup_key).sort()).toEqual(["m-1", "m-2", "m-3"])
 
         const after = yield* eventually(

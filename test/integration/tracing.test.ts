@@ -116,7 +116,7 @@ describe("tracing", () => {
           return yield* sql<{ dedup_key: string; event_id: string }>`SELECT dedup_key, event_id::text FROM outbox_event`
         }).pipe(Effect.provide(sqlLayer(db.url)), Effect.orDie)
         const eventId = (key: string) => rows.find((r) => r.dedup_key === key)!.event_id
-        const messages = yield* readTopics([topic], { expected: 2, settleMs: 500 })
+        const messages = yield* readTopics([topic], { expected: 2 })
         const message = (key: string) => messages.find((m) => m.headers.dedup_key === key)!
         const publishSpan = (key: string) => {
           const found = receiver.spans.filter((s) => attrs(s.span.attributes)["messaging.message.id"] === eventId(key))

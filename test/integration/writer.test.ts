@@ -103,7 +103,7 @@ describe("writer", () => {
 
         yield* startRelay(relayConfig(db.url, topics.env))
         yield* waitUntilSent(db.url, 1)
-        const messages = yield* readTopics([topics.map.search_click!], { expected: 1, settleMs: 2_000 })
+        const messages = yield* readTopics([topics.map.search_click!], { expected: 1 })
         const [row] = yield* readOutbox(db.url)
         expect(messages).toHaveLength(1)
         expect(messages[0]!.key).toBe("session-7")
@@ -156,7 +156,7 @@ describe("writer", () => {
 
         yield* startRelay(relayConfig(db.url, topics.env))
         yield* waitUntilSent(db.url, 3)
-        const messages = yield* readTopics([topics.map.search_click!], { expected: 3, settleMs: 2_000 })
+        const messages = yield* readTopics([topics.map.search_click!], { expected: 3 })
         expect(messages.map((m) => [m.headers.dedup_key, m.value]).sort()).toEqual([
           ["click-1", '{"v": 1}'],
           ["click-2", '{"v": 3}'],

@@ -14,23 +14,23 @@ export interface ReadMessage {
 }
 
 /**
- * Consumes from the beginning until `expected` messages arrived, then `settleMs` more
- * so duplicates beyond the expected count are seen too; gives up after `timeoutMs`.
+ * Consumes from the beginning until `expected` messages arrived, then on to the end offset
+ * each partition has at that moment, so duplicates beyond the expected count are seen too
+ * without a waiting window; gives up after `timeoutMs`. Callers read once the table says the
+ * relay is done (every row SENT): whatever it sent is then below those end offsets.
  */
 export const readTopics = (
   topics: ReadonlyArray<string>,
-  options: { readonly expected: number; readonly timeoutMs?: number; readonly settleMs?: number },
+  options: { readonly expected: number; readonly timeoutMs?: number },
 ): Effect.Effect<ReadonlyArray<ReadMessage>> =>
   Effect.promise(async () => {
     const kafka = new Kafka({ clientId: "outbox-relay-test-reader", brokers: inject("kafkaBrokers").split(","), logLevel: 1 })
     const consumer = kafka.consumer({ groupId: `test-reader-${randomBytes(6).toString("hex")}`, sessionTimeout: 10_000 })
     const messages: Array<ReadMessage> = []
+    const consumed = new Map<string, number>()
+    let check: () => void = () => undefined
     await consumer.connect()
     await consumer.subscribe({ topics: [...topics], fromBeginning: true })
-    let reached: () => void = () => undefined
-    const enough = new Promise<void>((resolve) => {
-      reached = resolve
-    })
     await consumer.run({
       eachMessage: async ({ topic, partition, message }) => {
         const headers: Record<string, string> = {}
@@ -43,12 +43,29 @@ export const readTopics = (
           value: message.value?.toString() ?? null,
           headers,
         })
-        if (messages.length >= options.expected) reached()
+        consumed.set(`${topic}/${partition}`, Number(message.offset) + 1)
+        check()
       },
     })
-    const timeout = new Promise<void>((resolve) => setTimeout(resolve, options.timeoutMs ?? 60_000))
-    await Promise.race([enough, timeout])
-    await new Promise((resolve) => setTimeout(resolve, options.settleMs ?? 1_500))
+    const deadline = Date.now() + (options.timeoutMs ?? 60_000)
+    const until = (done: () => boolean) =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()))
+        check = () => {
+          if (done()) {
+            clearTimeout(timer)
+            resolve()
+          }
+        }
+        check()
+      })
+    await until(() => messages.length >= options.expected)
+    const admin = kafka.admin()
+    await admin.connect()
+    const ends = new Map<string, number>()
+    for (const topic of topics) for (const p of await admin.fetchTopicOffsets(topic)) ends.set(`${topic}/${p.partition}`, Number(p.high))
+    await admin.disconnect()
+    await until(() => [...ends].every(([slot, end]) => (consumed.get(slot) ?? 0) >= end))
     await consumer.disconnect()
     return messages
   })

@@ -14,9 +14,12 @@ import { HttpServer } from "effect/http"
 import { runLayer } from "../../src/app-layer.ts"
 import { RelayConfig, type RelayConfigShape } from "../../src/config/config.ts"
 import { runRelay } from "../../src/relay/relay.ts"
+import { RelayEvents } from "../../src/relay/relay-events.ts"
 
 export interface RunningRelay {
   readonly baseUrl: string
+  /** What the loop does, to wait on instead of sleeping. */
+  readonly events: RelayEvents["Service"]
 }
 
 /** Starts the stack for the rest of the test's scope (HTTP_PORT is forced to 0: any free port). */
@@ -26,7 +29,7 @@ export const startRun = (config: RelayConfigShape) =>
     const address = Context.get(context, HttpServer.HttpServer).address
     if (address._tag === "UnixPathAddress") throw new Error("expected a TCP address")
     yield* Effect.forkScoped(runRelay.pipe(Effect.provideContext(context)))
-    return { baseUrl: `http://127.0.0.1:${address.port}` } satisfies RunningRelay
+    return { baseUrl: `http://127.0.0.1:${address.port}`, events: Context.get(context, RelayEvents) } satisfies RunningRelay
   })
 
 export interface HttpAnswer {

@@ -14,6 +14,8 @@ export interface KafkaMessage {
   readonly key: string | null
   readonly value: string | null
   readonly headers: Readonly<Record<string, string>>
+  /** The producer's timestamp (ms): orders arrivals across topics. */
+  readonly timestamp: number
 }
 
 export interface ScenarioTopics {
@@ -70,7 +72,15 @@ export const readAll = async (brokers: string, topics: ReadonlyArray<string>, ti
         const headers: Record<string, string> = {}
         for (const [k, v] of Object.entries(message.headers ?? {})) if (v !== undefined) headers[k] = v.toString()
         const offset = Number(message.offset)
-        messages.push({ topic, partition, offset, key: message.key?.toString() ?? null, value: message.value?.toString() ?? null, headers })
+        messages.push({
+          topic,
+          partition,
+          offset,
+          key: message.key?.toString() ?? null,
+          value: message.value?.toString() ?? null,
+          headers,
+          timestamp: Number(message.timestamp),
+        })
         const slot = `${topic}/${partition}`
         if (offset >= (ends.get(slot) ?? Number.POSITIVE_INFINITY)) remaining.delete(slot)
         if (remaining.size === 0) done()
