@@ -19,13 +19,14 @@ export { currentRequestId, currentTraceparent, formatTraceparent, RequestId } fr
 export {
   type InputProblem,
   InvalidOutboxEvent,
+  MaxEventBytes,
   type OutboxEventInput,
   type OutboxRow,
   type PayloadSchemas,
   toOutboxRows,
 } from "./writer/event-input.ts"
 export { INSERT_OUTBOX_EVENTS, type WriteResult } from "./writer/outbox-insert.ts"
-export { buildOutboxInsert, type QueryableClient, writeOutboxEvents } from "./writer/pg-client.ts"
+export { buildOutboxInsert, type QueryableClient, type WriteOptions, writeOutboxEvents } from "./writer/pg-client.ts"
 export {
   makeOutboxWriter,
   type OutboxWriter,

@@ -3,7 +3,7 @@
  * checks are pure (no database, no Effect context), so the Effect writer and the plain
  * `pg` form reject exactly the same events with the same messages.
  */
-import { Result, Schema } from "effect"
+import { Context, Result, Schema } from "effect"
 import { isValidTraceparent } from "../kafka/records.ts"
 
 /** One event to append to the outbox, in the caller's transaction. */
@@ -52,6 +52,16 @@ export class InvalidOutboxEvent extends Schema.TaggedError<InvalidOutboxEvent>()
     return `Invalid outbox event: ${this.problems.map((p) => `[${p.index}] ${p.field} ${p.message}`).join("; ")}`
   }
 }
+
+/**
+ * The largest event accepted: payload and headers as JSON text, in UTF-8 bytes. It matches
+ * the relay's MAX_RECORD_BYTES default, which dead-letters anything larger, so an event the
+ * relay could never publish is refused here, in the service's own transaction, instead.
+ * Provide another value to change it (`Effect.provideService(MaxEventBytes, 2_000_000)`, or
+ * the `maxEventBytes` option of the plain `pg` writer).
+ */
+export const MaxEventBytes = Context.Reference<number>("outbox-relay/MaxEventBytes", { defaultValue: () => 1_000_000 })
+export const DEFAULT_MAX_EVENT_BYTES = 1_000_000
 
 /** Headers the relay writes itself (a row could otherwise spoof them) and the dead-letter namespace. */
 const RESERVED_HEADERS = new Set(["event_id", "dedup_key", "event_type", "request_id", "traceparent"])
@@ -121,6 +131,7 @@ export const toOutboxRow = (
     readonly schemas?: PayloadSchemas | undefined
     readonly requireSchema?: boolean | undefined
     readonly defaults?: { readonly requestId: string | null; readonly traceparent: string | null } | undefined
+    readonly maxEventBytes?: number | undefined
   } = {},
 ): Result.Result<OutboxRow, ReadonlyArray<InputProblem>> => {
   const problems: Array<Omit<InputProblem, "index">> = []
@@ -156,6 +167,17 @@ export const toOutboxRow = (
     problems.push({ field: "eventType", message: `"${eventType}" has no payload schema in this writer` })
   }
   const payload = encodePayload(input.payload, schema, problems)
+
+  if (payload !== undefined) {
+    const limit = options.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES
+    const bytes = utf8.encode(JSON.stringify(payload)).length + utf8.encode(JSON.stringify(headers)).length
+    if (bytes > limit) {
+      problems.push({
+        field: "payload",
+        message: `with its headers is ${bytes} bytes, over the limit of ${limit} (the relay's MAX_RECORD_BYTES would dead-letter it)`,
+      })
+    }
+  }
 
   if (problems.length > 0 || eventType === undefined || dedupKey === undefined || payload === undefined) {
     return Result.fail(problems.map((p) => ({ index, ...p })))

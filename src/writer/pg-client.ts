@@ -11,11 +11,17 @@ export interface QueryableClient {
   query(text: string, values: ReadonlyArray<unknown>): Promise<{ readonly rows: ReadonlyArray<unknown> }>
 }
 
+export interface WriteOptions {
+  /** The largest event accepted, payload and headers as JSON text (default 1,000,000 bytes, the relay's MAX_RECORD_BYTES). */
+  readonly maxEventBytes?: number | undefined
+}
+
 /** The statement and its parameters, for clients other than node-postgres. Throws InvalidOutboxEvent. */
 export const buildOutboxInsert = (
   inputs: ReadonlyArray<OutboxEventInput>,
+  options: WriteOptions = {},
 ): { readonly text: string; readonly values: ReadonlyArray<string> } => {
-  const rows = toOutboxRows(inputs)
+  const rows = toOutboxRows(inputs, options)
   if (Result.isFailure(rows)) throw rows.failure
   return { text: INSERT_OUTBOX_EVENTS, values: insertParameters(rows.success) }
 }
@@ -24,8 +30,9 @@ export const buildOutboxInsert = (
 export const writeOutboxEvents = async (
   client: QueryableClient,
   inputs: ReadonlyArray<OutboxEventInput>,
+  options: WriteOptions = {},
 ): Promise<ReadonlyArray<WriteResult>> => {
-  const rows = toOutboxRows(inputs)
+  const rows = toOutboxRows(inputs, options)
   if (Result.isFailure(rows)) throw rows.failure
   if (rows.success.length === 0) return []
   const { rows: inserted } = await client.query(INSERT_OUTBOX_EVENTS, insertParameters(rows.success))

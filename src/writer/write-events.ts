@@ -6,7 +6,7 @@
 import { Effect, Result, type Schema } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import { currentRequestId, currentTraceparent } from "./correlation.ts"
-import { type InvalidOutboxEvent, type OutboxEventInput, type PayloadSchemas, toOutboxRows } from "./event-input.ts"
+import { type InvalidOutboxEvent, MaxEventBytes, type OutboxEventInput, type PayloadSchemas, toOutboxRows } from "./event-input.ts"
 import { INSERT_OUTBOX_EVENTS, type InsertedRow, insertParameters, toWriteResults, type WriteResult } from "./outbox-insert.ts"
 
 export type WriteError = InvalidOutboxEvent | SqlError.SqlError
@@ -19,7 +19,7 @@ const insertChecked = (
 ) =>
   Effect.gen(function* () {
     const defaults = { requestId: yield* currentRequestId, traceparent: yield* currentTraceparent }
-    const rows = toOutboxRows(inputs, { ...options, defaults })
+    const rows = toOutboxRows(inputs, { ...options, defaults, maxEventBytes: yield* MaxEventBytes })
     if (Result.isFailure(rows)) return yield* rows.failure
     if (rows.success.length === 0) return []
     const sql = yield* SqlClient.SqlClient

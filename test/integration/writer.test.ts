@@ -7,6 +7,7 @@ import { DateTime, Effect, Layer, Schema, Tracer } from "effect"
 import { SqlClient } from "effect/sql"
 import {
   InvalidOutboxEvent,
+  MaxEventBytes,
   makeOutboxWriter,
   RequestId,
   type WriteResult,
@@ -66,6 +67,38 @@ const recordingTracer = () => {
 }
 
 describe("writer", () => {
+  it.live(
+    "refuses an event larger than the relay could publish, before it reaches the table, with a limit the caller can change",
+    () =>
+      Effect.gen(function* () {
+        const db = yield* testDatabase()
+        const big = { eventType: "search_click", dedupKey: "too-big", payload: { blob: "x".repeat(1_000_001) } }
+        const refused = yield* writeEvent(big).pipe(Effect.flip, Effect.provide(sqlLayer(db.url)))
+        expect(refused).toBeInstanceOf(InvalidOutboxEvent)
+        expect(refused.message).toContain("over the limit of 1000000")
+        const headers = { eventType: "search_click", dedupKey: "big-headers", payload: {}, headers: { h: "y".repeat(2_000) } }
+        const small = yield* writeEvent(headers).pipe(
+          Effect.provideService(MaxEventBytes, 1_000),
+          Effect.flip,
+          Effect.provide(sqlLayer(db.url)),
+        )
+        expect(small.message).toContain("over the limit of 1000")
+        const plain = yield* Effect.promise(async () => {
+          const client = { query: async () => ({ rows: [] }) }
+          return writeOutboxEvents(client, [headers], { maxEventBytes: 1_000 }).then(
+            () => "written",
+            (e: unknown) => (e instanceof InvalidOutboxEvent ? e.message : String(e)),
+          )
+        })
+        expect(plain).toContain("over the limit of 1000")
+        // A larger limit lets it through.
+        const raised = yield* writeEvent(headers).pipe(Effect.provideService(MaxEventBytes, 4_000), Effect.provide(sqlLayer(db.url)))
+        expect(raised._tag).toBe("Inserted")
+        expect((yield* readOutbox(db.url)).map((r) => r.dedup_key)).toEqual(["big-headers"])
+      }),
+    60_000,
+  )
+
   it.live(
     "writes nothing when the caller's transaction rolls back, and the relay publishes only the committed event",
     () =>
