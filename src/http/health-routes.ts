@@ -3,7 +3,7 @@
  * GET /readyz: are PostgreSQL and Kafka reachable now (live checks, short timeouts)?
  * Both answer JSON, 200 or 503.
  */
-import { Duration, Effect, Ref } from "effect"
+import { Clock, Duration, Effect, Ref } from "effect"
 import { HttpRouter } from "effect/http"
 import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
@@ -22,13 +22,13 @@ export interface CheckResult {
 /** Runs one dependency check with a time limit; never fails, the result says what happened. */
 export const runCheck = <E>(check: Effect.Effect<unknown, E>, timeoutMs: number, describe: (e: E) => string) =>
   Effect.gen(function* () {
-    const started = Date.now()
+    const started = yield* Clock.currentTimeMillis
     const result = yield* check.pipe(
       Effect.timeoutOrElse({ duration: Duration.millis(timeoutMs), orElse: () => Effect.fail(`timed out after ${timeoutMs} ms`) }),
       Effect.mapError((e) => (typeof e === "string" ? e : describe(e))),
       Effect.result,
     )
-    const latency_ms = Date.now() - started
+    const latency_ms = (yield* Clock.currentTimeMillis) - started
     return result._tag === "Success" ? { ok: true, latency_ms } : { ok: false, latency_ms, error: result.failure }
   }) satisfies Effect.Effect<CheckResult>
 
@@ -55,14 +55,14 @@ export const HealthRoutes = HttpRouter.use((router) =>
     const config = yield* RelayConfig
     const checks = yield* dependencyChecks
     // Until the first cycle, the loop's age counts from here: a starting relay is not a stalled one.
-    const startedAt = Date.now()
+    const startedAt = yield* Clock.currentTimeMillis
 
     yield* router.add(
       "GET",
       "/healthz",
       Effect.gen(function* () {
         const lastCycleAt = yield* Ref.get(state.lastCycleAt)
-        const ageMs = Date.now() - (lastCycleAt > 0 ? lastCycleAt : startedAt)
+        const ageMs = (yield* Clock.currentTimeMillis) - (lastCycleAt > 0 ? lastCycleAt : startedAt)
         const stalled = ageMs > config.healthStallMs
         const status = stalled ? "stalled" : lastCycleAt > 0 ? "ok" : "starting"
         return json(

@@ -6,7 +6,7 @@
  * cold cache), so reads are spaced to at least 20× their own duration: the gauges never
  * take more than ~5 % of a core from the relay they watch, however deep the backlog.
  */
-import { Duration, Effect, Layer, Metric } from "effect"
+import { Clock, Duration, Effect, Layer, Metric } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import { OutboxBacklog } from "../outbox/backlog.ts"
 import { failedCount, newCount, relayLagSeconds } from "./metrics.ts"
@@ -28,9 +28,10 @@ export const BacklogGaugesLive = Layer.effectDiscard(
       ),
     )
     const refreshThenWait = Effect.gen(function* () {
-      const started = Date.now()
+      const started = yield* Clock.currentTimeMillis
       yield* refresh
-      yield* Effect.sleep(Duration.millis(Math.max(config.gaugeRefreshMs, 20 * (Date.now() - started))))
+      const took = (yield* Clock.currentTimeMillis) - started
+      yield* Effect.sleep(Duration.millis(Math.max(config.gaugeRefreshMs, 20 * took)))
     })
     yield* refreshThenWait.pipe(
       Effect.forever,
