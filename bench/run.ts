@@ -4,7 +4,10 @@
  * `--drain-only`: the ceilings and one single-instance drain, nothing else (minutes, for
  * iterating on the relay's cost). BENCH_RELAY=js runs the compiled dist/cli/main.js
  * (scripts/build-lib.sh) instead of the TypeScript sources; BENCH_RELAY_NODE_OPTIONS is the
- * relay's NODE_OPTIONS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
+ * relay's NODE_OPTIONS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`). `--compare=<dir>` (with
+ * --drain-only): drains alternately with the relay of another checkout (a worktree of an
+ * earlier commit, say) and this one, `--repeat=<n>` times each, so a change is measured
+ * before and after on the same machine in the same minutes.
  */
 import { execFileSync } from "node:child_process"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
@@ -21,6 +24,13 @@ const args = new Set(process.argv.slice(2))
 const mode = args.has("--smoke") ? "smoke" : args.has("--full") ? "full" : "default"
 const soakMinutes = args.has("--soak") ? 10 : 0
 const drainOnly = args.has("--drain-only")
+const option = (name: string) =>
+  process.argv
+    .slice(2)
+    .find((a) => a.startsWith(`--${name}=`))
+    ?.slice(name.length + 3)
+const compareWith = option("compare")
+const repeat = Number(option("repeat") ?? 1)
 const sizes = {
   smoke: { ceiling: 5_000, drain: 5_000, history: 20_000, steadySeconds: 3, rates: [1_000], perTx: [10] },
   default: {
@@ -66,9 +76,16 @@ const program = Effect.gen(function* () {
   const ceiling = Math.min(kafka, postgres)
 
   const drains: Array<DrainResult & { ratioToCeiling: number; label: string }> = []
-  for (const instances of drainOnly ? [1] : [1, 2]) {
-    const r = yield* scenario((env) => drain(env, { events: sizes.drain, instances }))
-    drains.push({ ...r, ratioToCeiling: r.eventsPerSecond / ceiling, label: `drain ${fmt(sizes.drain)}, ${instances} instance(s)` })
+  const runs: Array<{ instances: number; relayRoot?: string; name: string }> =
+    compareWith === undefined
+      ? (drainOnly ? [1] : [1, 2]).flatMap((instances) => Array.from({ length: repeat }, () => ({ instances, name: "" })))
+      : Array.from({ length: repeat }, () => [
+          { instances: 1, relayRoot: compareWith, name: " (before)" },
+          { instances: 1, name: " (after)" },
+        ]).flat()
+  for (const { instances, relayRoot, name } of runs) {
+    const r = yield* scenario((env) => drain(env, { events: sizes.drain, instances, ...(relayRoot === undefined ? {} : { relayRoot }) }))
+    drains.push({ ...r, ratioToCeiling: r.eventsPerSecond / ceiling, label: `drain ${fmt(sizes.drain)}, ${instances} instance(s)${name}` })
     log(
       `${drains.at(-1)!.label}: ${fmt(r.eventsPerSecond)} ev/s; µs/event relay ${fmt(r.cpuMicrosPerEvent, 1)} postgres ${fmt(r.postgresCpuMicrosPerEvent, 1)} broker ${fmt(r.brokerCpuMicrosPerEvent, 1)}`,
     )
@@ -116,7 +133,8 @@ const versions = () => {
 
 const r = await Effect.runPromise(program)
 const date = new Date().toISOString()
-const d1 = r.drains[0]!
+// With --compare, the figures are this checkout's last drain; every drain is in `drains`.
+const d1 = compareWith === undefined ? r.drains[0]! : r.drains.at(-1)!
 const result = {
   date,
   mode: drainOnly ? `${mode}-drain-only` : mode,
@@ -126,6 +144,7 @@ const result = {
   settings: { batchSize: 500, pollIntervalMs: 500, partitions: PARTITIONS, payloadBytes: 200, sizes },
   ceilings: { kafka_events_per_s: r.kafka, postgres_events_per_s: r.postgres, postgres_minimal_events_per_s: r.postgresMinimal },
   // The single-instance drain, first SENT → last SENT.
+  compared_with: compareWith,
   drain_events_per_s: d1.eventsPerSecond,
   drain_from_start_events_per_s: d1.fromStartEventsPerSecond,
   ratio_to_ceiling: d1.ratioToCeiling,
@@ -188,6 +207,20 @@ if (r.soak !== undefined) {
     `${fmt(r.soak.lastMb, 1)} MB at end`,
     `peak ${fmt(r.soak.peakMb, 1)} MB; growth over the second half ${fmt(r.soak.secondHalfGrowthMb, 1)} MB`,
   ])
+}
+if (compareWith !== undefined) {
+  const median = (xs: Array<number>) => xs.sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!
+  const of = (tag: string, f: (d: DrainResult) => number) => median(r.drains.filter((d) => d.label.endsWith(tag)).map(f))
+  const pair = (f: (d: DrainResult) => number, digits: number) => `${fmt(of("(before)", f), digits)} → ${fmt(of("(after)", f), digits)}`
+  rows.push(
+    ["median before → after: ev/s", pair((d) => d.eventsPerSecond, 0), `from start ${pair((d) => d.fromStartEventsPerSecond, 0)}`],
+    [
+      "  CPU µs per event",
+      pair((d) => d.machineCpuMicrosPerEvent, 1),
+      `relay ${pair((d) => d.cpuMicrosPerEvent, 1)} (with start-up ${pair((d) => d.relayTotalCpuMicrosPerEvent, 1)}), PostgreSQL ${pair((d) => d.postgresCpuMicrosPerEvent, 1)}, broker ${pair((d) => d.brokerCpuMicrosPerEvent, 1)}`,
+    ],
+    ["  relay peak RSS MB", pair((d) => d.peakRssMb, 0), ""],
+  )
 }
 const w0 = Math.max(...rows.map((x) => x[0].length))
 const w1 = Math.max(...rows.map((x) => x[1].length))

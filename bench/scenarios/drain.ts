@@ -71,12 +71,19 @@ const lastSentAt = (url: string) =>
     return row!
   }).pipe(Effect.provide(sqlLayer(url, 1)))
 
-export const drain = (env: BenchEnv, options: { events: number; instances: number; seed?: boolean; relay?: Record<string, string> }) =>
+export const drain = (
+  env: BenchEnv,
+  options: { events: number; instances: number; seed?: boolean; relay?: Record<string, string>; relayRoot?: string },
+) =>
   Effect.gen(function* () {
     if (options.seed !== false) yield* seedRows(env.databaseUrl, { count: options.events, status: "NEW", keys: 1000, prefix: "drain" })
-    const relays = yield* Effect.forEach(Array.from({ length: options.instances }), () => startRelay(relayEnv(env, options.relay)), {
-      concurrency: "unbounded",
-    })
+    const relays = yield* Effect.forEach(
+      Array.from({ length: options.instances }),
+      () => startRelay(relayEnv(env, options.relay), options.relayRoot),
+      {
+        concurrency: "unbounded",
+      },
+    )
     const spawnedAt = Math.min(...relays.map((r) => r.spawnedAt))
     // The broker and PostgreSQL's background processes run for others too: only their CPU from now on counts.
     const broker = new CpuLedger()

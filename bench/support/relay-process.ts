@@ -35,11 +35,14 @@ export const processCost = (pid: number): ProcessCost => {
   return { cpuSeconds: ticks / CLOCK_TICKS_PER_S, peakRssMb: Number(hwm?.[1] ?? 0) / 1024 }
 }
 
-export const startRelay = (env: Record<string, string>) =>
+/** `root`: the checkout whose relay runs (default this one), for A/B runs against another commit's worktree. */
+export const startRelay = (env: Record<string, string>, root?: string) =>
   Effect.acquireRelease(
     Effect.callback<RelayProcess, Error>((resume) => {
       const spawnedAt = Date.now()
-      const [command, args] = process.env.BENCH_RELAY === "js" ? [process.execPath, [COMPILED, "run"]] : [BIN, ["run"]]
+      const bin = root === undefined ? BIN : `${root}/bin/outbox-relay`
+      const compiled = root === undefined ? COMPILED : `${root}/dist/cli/main.js`
+      const [command, args] = process.env.BENCH_RELAY === "js" ? [process.execPath, [compiled, "run"]] : [bin, ["run"]]
       const child = spawn(command, args, {
         env: {
           PATH: process.env.PATH ?? "",

@@ -11,12 +11,36 @@ export interface OutboundRecord {
   readonly headers: Readonly<Record<string, string>>
 }
 
-// W3C trace context, version 00: 32 hex trace id and 16 hex span id, neither all zeros.
-const TRACEPARENT = /^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$/
-export const isValidTraceparent = (s: string): boolean => TRACEPARENT.test(s)
+/** Lowercase hex from `from` to `to` (exclusive); with `nonZero`, not all zeros. */
+const isHex = (s: string, from: number, to: number, nonZero: boolean): boolean => {
+  let zeros = true
+  for (let i = from; i < to; i++) {
+    const c = s.charCodeAt(i)
+    if (c === 48) continue // "0"
+    if (!((c > 48 && c <= 57) || (c >= 97 && c <= 102))) return false
+    zeros = false
+  }
+  return !(nonZero && zeros)
+}
+
+/**
+ * W3C trace context, version 00: 32 hex trace id and 16 hex span id, neither all zeros
+ * (`^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$`). Checked per event on the
+ * relay's hot path, where that regular expression cost ~2 % of the relay's CPU.
+ */
+export const isValidTraceparent = (s: string): boolean =>
+  s.length === 55 &&
+  s.startsWith("00-") &&
+  s.charCodeAt(35) === 45 &&
+  s.charCodeAt(52) === 45 &&
+  isHex(s, 3, 35, true) &&
+  isHex(s, 36, 52, true) &&
+  isHex(s, 53, 55, false)
 
 /** The row's own headers: a JSON object whose values are strings, numbers or booleans. */
 const readOwnHeaders = (json: string): Result.Result<Record<string, string>, string> => {
+  // Most rows carry no headers of their own: no JSON.parse for them.
+  if (json === "{}") return Result.succeed({})
   let parsed: unknown
   try {
     parsed = JSON.parse(json)

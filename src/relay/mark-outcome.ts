@@ -41,9 +41,12 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
   const logSent = Effect.logWithLevel(sentLevel)
   // Built per event, a filtered-out SENT line still costs: skip the loop's logging when it is off.
   const logEachSent = LogLevel.isGreaterThanOrEqualTo(sentLevel, yield* References.MinimumLogLevel)
+  // The histogram is fed synchronously with this fiber's context (what Metric.update does),
+  // not through one Effect per event.
+  const context = yield* Effect.context<never>()
   for (const { event, delivery, span } of outcome.sent) {
     if (!markedSent.has(event.id)) continue
-    yield* Metric.update(endToEndSeconds, (now - event.createdAtMs) / 1000)
+    endToEndSeconds.updateUnsafe((now - event.createdAtMs) / 1000, context)
     if (!logEachSent) continue
     // The line carries the event's own trace (its publish span, else the row's traceparent), not the batch's.
     const trace = span ?? rowTraceContext(event)
