@@ -55,7 +55,7 @@ export const drawScenario = (seed: number, rng: Rng): Scenario => {
     leaseMs: 3_000,
     publishTimeoutMs: 500,
     pollIntervalMs: 1_000,
-    busyPollIntervalMs: 100,
+    busyPollIntervalMs: 200,
     maxAttempts: rng.int(2, 6),
     backoffBaseMs: 50,
     backoffMaxMs: 800,
@@ -68,7 +68,7 @@ export const drawScenario = (seed: number, rng: Rng): Scenario => {
   const instances = rng.int(1, 4)
   const hot = ["hot-a", "hot-b"]
   const cold = Array.from({ length: rng.int(2, 12) }, (_, i) => `cold-${i}`)
-  const eventCount = rng.int(10, 60)
+  const eventCount = rng.int(8, 40)
   const kinds: ReadonlyArray<[EventKind, number]> = [
     ["unknown_type", 0.04],
     ["oversize", 0.04],
@@ -80,7 +80,7 @@ export const drawScenario = (seed: number, rng: Rng): Scenario => {
   let n = 0
   while (n < eventCount) {
     const size = Math.min(eventCount - n, rng.int(1, 6))
-    const at = writes.length === 0 || rng.chance(0.3) ? 0 : rng.int(0, 3_000)
+    const at = writes.length === 0 || rng.chance(0.3) ? 0 : rng.int(0, 2_500)
     const events = Array.from({ length: size }, () => {
       const i = n++
       const roll = rng.next()
@@ -115,7 +115,7 @@ export const drawScenario = (seed: number, rng: Rng): Scenario => {
   const faults: Array<Fault> = []
   const faultCount = rng.int(0, 6)
   for (let i = 0; i < faultCount; i++) {
-    const at = rng.int(0, 4_000)
+    const at = rng.int(0, 3_500)
     const forMs = rng.int(100, 2_500)
     switch (rng.int(0, 9)) {
       case 0:
@@ -162,7 +162,7 @@ export const drawScenario = (seed: number, rng: Rng): Scenario => {
     instances,
     writes,
     faults,
-    healAt: 7_000,
+    healAt: 6_000,
     dlqMaxRecordBytes: rng.chance(0.2) ? 100 : 700,
   }
 }
