@@ -7,7 +7,7 @@
  * SQLSTATE (database-errors.ts); a data error in the inbox row is the message's, and gets
  * the handler's retry budget, then the dead-letter topic.
  */
-import { Cause, Effect, Exit, Option, Ref, Result, type Schema } from "effect"
+import { Cause, Effect, Option, Ref, Result, type Schema } from "effect"
 import { SqlClient, SqlError } from "effect/sql"
 import { type BackoffPolicy, backoffSchedule } from "../relay/backoff.ts"
 import {
@@ -124,21 +124,22 @@ export const processMessage =
         partition: message.partition,
         offset: message.offset,
       }
+      // Counted by the COMMIT itself (afterCommit runs uninterruptibly once it succeeded). A revoke
+      // that lands while COMMIT is on the wire is delivered when the transaction returns and turns
+      // its success into an interruption, so counting on the transaction's exit would leave the
+      // applied event uncounted, and its redelivery is then counted as a duplicate only.
       const attemptOnce = sql
         .withTransaction(
           Effect.gen(function* () {
-            if (!(yield* recordInInbox(inboxEntry))) return "Duplicate" as const
+            if (!(yield* recordInInbox(inboxEntry))) {
+              yield* sql.afterCommit(p.stats.record("duplicates"))
+              return "Duplicate" as const
+            }
             const attempt = yield* Ref.updateAndGet(attempts, (n) => n + 1)
             yield* runHandler(p.handler, toConsumedEvent(message, dedupKey, payload.success, attempt))
+            yield* sql.afterCommit(p.stats.record("processed"))
             return "Processed" as const
           }),
-        )
-        // Counted the moment the transaction commits: a revoke interrupting this fiber right
-        // after COMMIT must not leave an applied event uncounted (its redelivery is a duplicate).
-        .pipe(
-          Effect.onExit((exit) =>
-            Exit.isSuccess(exit) ? p.stats.record(exit.value === "Duplicate" ? "duplicates" : "processed") : Effect.void,
-          ),
         )
         // One place decides whose fault a failure is. A failed ROLLBACK on a dead connection
         // is a defect combined with the handler's failure, so the whole cause is read.
