@@ -3,11 +3,15 @@
  * writes bench/results/<date>.json. `--smoke` runs tiny sizes (CI), `--full` the large ones.
  * `--drain-only`: the ceilings and one single-instance drain, nothing else (minutes, for
  * iterating on the relay's cost). BENCH_RELAY=js runs the compiled dist/cli/main.js
- * (scripts/build-lib.sh) instead of the TypeScript sources; BENCH_RELAY_NODE_OPTIONS is the
- * relay's NODE_OPTIONS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`). `--compare=<dir>` (with
- * --drain-only): drains alternately with the relay of another checkout (a worktree of an
- * earlier commit, say) and this one, `--repeat=<n>` times each, so a change is measured
- * before and after on the same machine in the same minutes.
+ * (scripts/build-lib.sh) instead of the TypeScript sources, BENCH_RELAY=bundle the bundle
+ * (scripts/build-bundle.sh); BENCH_RELAY_NODE_OPTIONS is the
+ * relay's NODE_OPTIONS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`).
+ *
+ * Before/after in one run (with --drain-only): `--compare=<dir>` drains alternately with the
+ * relay of another checkout (a copy of an earlier commit, say) and this one; `--variant=<spec>`
+ * (repeatable) with any relays, spec `ts|js|bundle[@<dir>][ <NODE_OPTIONS>]`, e.g.
+ * `--variant=ts --variant=js "--variant=js --max-semi-space-size=4"`. Each `--repeat=<n>` times,
+ * interleaved, so every variant sees the same minutes of a noisy machine.
  */
 import { execFileSync } from "node:child_process"
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
@@ -15,9 +19,11 @@ import { cpus, totalmem } from "node:os"
 import { Effect } from "effect"
 import { kafkaCeiling, postgresCeiling, postgresMinimalCeiling } from "./scenarios/ceilings.ts"
 import { type DrainResult, drain } from "./scenarios/drain.ts"
+import { LEVERS, type LeverResult, postgresLever } from "./scenarios/postgres-levers.ts"
 import { soak } from "./scenarios/soak.ts"
 import { type SteadyResult, steadyRate } from "./scenarios/steady-rate.ts"
 import { dropScenario, freshScenario, infrastructure } from "./support/bench-env.ts"
+import { defaultVariant, type RelayVariant } from "./support/relay-process.ts"
 import { seedRows } from "./support/seed.ts"
 
 const args = new Set(process.argv.slice(2))
@@ -31,6 +37,22 @@ const option = (name: string) =>
     ?.slice(name.length + 3)
 const compareWith = option("compare")
 const repeat = Number(option("repeat") ?? 1)
+const parseVariant = (spec: string): RelayVariant & { name: string } => {
+  const [head = "ts", ...nodeOptions] = spec.trim().split(/\s+/)
+  const [kind, root] = head.split("@")
+  const form = kind === "js" || kind === "bundle" ? kind : "ts"
+  return { name: spec.trim(), form, root: root || undefined, nodeOptions: nodeOptions.join(" ") }
+}
+const variants =
+  compareWith !== undefined
+    ? [
+        { ...defaultVariant(), root: compareWith, name: "before" },
+        { ...defaultVariant(), name: "after" },
+      ]
+    : process.argv
+        .slice(2)
+        .filter((a) => a.startsWith("--variant="))
+        .map((a) => parseVariant(a.slice("--variant=".length)))
 const sizes = {
   smoke: { ceiling: 5_000, drain: 5_000, history: 20_000, steadySeconds: 3, rates: [1_000], perTx: [10] },
   default: {
@@ -58,6 +80,33 @@ const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFracti
 const scenario = <A>(f: (env: Effect.Success<ReturnType<typeof freshScenario>>) => Effect.Effect<A, unknown>) =>
   Effect.acquireUseRelease(freshScenario(infrastructure(), PARTITIONS), f, dropScenario)
 
+// `--postgres-levers`: PostgreSQL's share under schema changes, each lever `--repeat` times, interleaved.
+if (args.has("--postgres-levers")) {
+  const results: Array<LeverResult> = []
+  for (let i = 0; i < repeat; i++) {
+    for (const lever of LEVERS) {
+      const r = await Effect.runPromise(scenario((env) => postgresLever(env, sizes.ceiling, lever)))
+      log(
+        `${r.lever}: ${fmt(r.eventsPerSecond)} ev/s, ${fmt(r.postgresCpuMicrosPerEvent, 1)} µs/event, HOT ${fmt(r.hotUpdateShare * 100)} %`,
+      )
+      results.push(r)
+    }
+  }
+  const date = new Date().toISOString()
+  const file = new URL(`./results/${date.slice(0, 19).replaceAll(":", "-")}-postgres-levers.json`, import.meta.url)
+  writeFileSync(file, `${JSON.stringify({ date, events: sizes.ceiling, results }, null, 2)}\n`)
+  const median = (xs: Array<number>) => xs.sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!
+  process.stdout.write(`\nPostgreSQL levers: the relay's claim + SENT mark of ${fmt(sizes.ceiling)} rows, median of ${repeat}\n\n`)
+  for (const lever of LEVERS) {
+    const mine = results.filter((r) => r.lever === lever.name)
+    process.stdout.write(
+      `${lever.name.padEnd(36)} ${fmt(median(mine.map((r) => r.eventsPerSecond))).padStart(7)} ev/s  ${fmt(median(mine.map((r) => r.postgresCpuMicrosPerEvent)), 1).padStart(6)} µs/event  HOT ${fmt(median(mine.map((r) => r.hotUpdateShare * 100)))} % of updates\n`,
+    )
+  }
+  process.stdout.write(`\nwritten to ${file.pathname}\n`)
+  process.exit(0)
+}
+
 // `--soak-only`: just the soak (e.g. against a PostgreSQL given by DATABASE_URL whose autovacuum is on).
 if (args.has("--soak-only")) {
   const r = await Effect.runPromise(scenario((env) => soak(env, { minutes: 10, rate: 2_000, retention: "1m" })))
@@ -76,15 +125,12 @@ const program = Effect.gen(function* () {
   const ceiling = Math.min(kafka, postgres)
 
   const drains: Array<DrainResult & { ratioToCeiling: number; label: string }> = []
-  const runs: Array<{ instances: number; relayRoot?: string; name: string }> =
-    compareWith === undefined
+  const runs: Array<{ instances: number; variant?: RelayVariant; name: string }> =
+    variants.length === 0
       ? (drainOnly ? [1] : [1, 2]).flatMap((instances) => Array.from({ length: repeat }, () => ({ instances, name: "" })))
-      : Array.from({ length: repeat }, () => [
-          { instances: 1, relayRoot: compareWith, name: " (before)" },
-          { instances: 1, name: " (after)" },
-        ]).flat()
-  for (const { instances, relayRoot, name } of runs) {
-    const r = yield* scenario((env) => drain(env, { events: sizes.drain, instances, ...(relayRoot === undefined ? {} : { relayRoot }) }))
+      : Array.from({ length: repeat }, () => variants.map((variant) => ({ instances: 1, variant, name: ` [${variant.name}]` }))).flat()
+  for (const { instances, variant, name } of runs) {
+    const r = yield* scenario((env) => drain(env, { events: sizes.drain, instances, ...(variant === undefined ? {} : { variant }) }))
     drains.push({ ...r, ratioToCeiling: r.eventsPerSecond / ceiling, label: `drain ${fmt(sizes.drain)}, ${instances} instance(s)${name}` })
     log(
       `${drains.at(-1)!.label}: ${fmt(r.eventsPerSecond)} ev/s; µs/event relay ${fmt(r.cpuMicrosPerEvent, 1)} postgres ${fmt(r.postgresCpuMicrosPerEvent, 1)} broker ${fmt(r.brokerCpuMicrosPerEvent, 1)}`,
@@ -133,18 +179,20 @@ const versions = () => {
 
 const r = await Effect.runPromise(program)
 const date = new Date().toISOString()
-// With --compare, the figures are this checkout's last drain; every drain is in `drains`.
-const d1 = compareWith === undefined ? r.drains[0]! : r.drains.at(-1)!
+// With variants, the figures are the last variant's last drain; every drain is in `drains`.
+const d1 = variants.length === 0 ? r.drains[0]! : r.drains.at(-1)!
 const result = {
   date,
   mode: drainOnly ? `${mode}-drain-only` : mode,
-  relay: process.env.BENCH_RELAY === "js" ? "compiled dist/cli/main.js" : "src/cli/main.ts (type stripping)",
+  relay: { ts: "src/cli/main.ts (type stripping)", js: "compiled dist/cli/main.js", bundle: "bundle dist/bundle/main.js" }[
+    defaultVariant().form ?? "ts"
+  ],
   machine: { cpu: cpus()[0]?.model ?? "?", cores: cpus().length, memoryGb: Math.round(totalmem() / 2 ** 30) },
   versions: versions(),
   settings: { batchSize: 500, pollIntervalMs: 500, partitions: PARTITIONS, payloadBytes: 200, sizes },
   ceilings: { kafka_events_per_s: r.kafka, postgres_events_per_s: r.postgres, postgres_minimal_events_per_s: r.postgresMinimal },
   // The single-instance drain, first SENT → last SENT.
-  compared_with: compareWith,
+  variants: variants.length === 0 ? undefined : variants,
   drain_events_per_s: d1.eventsPerSecond,
   drain_from_start_events_per_s: d1.fromStartEventsPerSecond,
   ratio_to_ceiling: d1.ratioToCeiling,
@@ -208,19 +256,24 @@ if (r.soak !== undefined) {
     `peak ${fmt(r.soak.peakMb, 1)} MB; growth over the second half ${fmt(r.soak.secondHalfGrowthMb, 1)} MB`,
   ])
 }
-if (compareWith !== undefined) {
+if (variants.length > 0) {
   const median = (xs: Array<number>) => xs.sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!
-  const of = (tag: string, f: (d: DrainResult) => number) => median(r.drains.filter((d) => d.label.endsWith(tag)).map(f))
-  const pair = (f: (d: DrainResult) => number, digits: number) => `${fmt(of("(before)", f), digits)} → ${fmt(of("(after)", f), digits)}`
-  rows.push(
-    ["median before → after: ev/s", pair((d) => d.eventsPerSecond, 0), `from start ${pair((d) => d.fromStartEventsPerSecond, 0)}`],
-    [
-      "  CPU µs per event",
-      pair((d) => d.machineCpuMicrosPerEvent, 1),
-      `relay ${pair((d) => d.cpuMicrosPerEvent, 1)} (with start-up ${pair((d) => d.relayTotalCpuMicrosPerEvent, 1)}), PostgreSQL ${pair((d) => d.postgresCpuMicrosPerEvent, 1)}, broker ${pair((d) => d.brokerCpuMicrosPerEvent, 1)}`,
-    ],
-    ["  relay peak RSS MB", pair((d) => d.peakRssMb, 0), ""],
-  )
+  for (const v of variants) {
+    const of = (f: (d: DrainResult) => number, digits: number) =>
+      fmt(median(r.drains.filter((d) => d.label.endsWith(`[${v.name}]`)).map(f)), digits)
+    rows.push(
+      [
+        `median of ${repeat} [${v.name}]`,
+        `${of((d) => d.eventsPerSecond, 0)} ev/s`,
+        `${of((d) => d.fromStartEventsPerSecond, 0)} ev/s from start; RSS ${of((d) => d.peakRssMb, 0)} MB`,
+      ],
+      [
+        "  CPU µs per event",
+        `${of((d) => d.machineCpuMicrosPerEvent, 1)} machine`,
+        `relay ${of((d) => d.cpuMicrosPerEvent, 1)} (${of((d) => d.relayTotalCpuMicrosPerEvent, 1)} with start-up), PostgreSQL ${of((d) => d.postgresCpuMicrosPerEvent, 1)}, broker ${of((d) => d.brokerCpuMicrosPerEvent, 1)}`,
+      ],
+    )
+  }
 }
 const w0 = Math.max(...rows.map((x) => x[0].length))
 const w1 = Math.max(...rows.map((x) => x[1].length))

@@ -7,7 +7,7 @@ import { Effect } from "effect"
 import { SqlClient } from "effect/sql"
 import { type BenchEnv, sqlLayer } from "../support/bench-env.ts"
 import { CpuLedger, listenerPid, postgresAuxiliaryPids } from "../support/process-cpu.ts"
-import { processCost, startRelay } from "../support/relay-process.ts"
+import { processCost, type RelayVariant, startRelay } from "../support/relay-process.ts"
 import { seedRows } from "../support/seed.ts"
 
 export interface DrainResult {
@@ -73,13 +73,13 @@ const lastSentAt = (url: string) =>
 
 export const drain = (
   env: BenchEnv,
-  options: { events: number; instances: number; seed?: boolean; relay?: Record<string, string>; relayRoot?: string },
+  options: { events: number; instances: number; seed?: boolean; relay?: Record<string, string>; variant?: RelayVariant },
 ) =>
   Effect.gen(function* () {
     if (options.seed !== false) yield* seedRows(env.databaseUrl, { count: options.events, status: "NEW", keys: 1000, prefix: "drain" })
     const relays = yield* Effect.forEach(
       Array.from({ length: options.instances }),
-      () => startRelay(relayEnv(env, options.relay), options.relayRoot),
+      () => startRelay(relayEnv(env, options.relay), options.variant),
       {
         concurrency: "unbounded",
       },

@@ -1,14 +1,15 @@
 /**
  * A relay as users run it (`bin/outbox-relay run` in its own process, or the compiled
- * dist/cli/main.js with BENCH_RELAY=js), with its CPU time and peak memory read from /proc.
+ * dist/cli/main.js with BENCH_RELAY=js, or the bundle with BENCH_RELAY=bundle), with its CPU
+ * time and peak memory read from /proc.
  */
 import { type ChildProcess, spawn } from "node:child_process"
-import { readFileSync } from "node:fs"
+import { appendFileSync, readFileSync } from "node:fs"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 
 const BIN = fileURLToPath(new URL("../../bin/outbox-relay", import.meta.url))
-const COMPILED = fileURLToPath(new URL("../../dist/cli/main.js", import.meta.url))
+const ROOT = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "")
 const CLOCK_TICKS_PER_S = 100
 
 export interface RelayProcess {
@@ -35,18 +36,39 @@ export const processCost = (pid: number): ProcessCost => {
   return { cpuSeconds: ticks / CLOCK_TICKS_PER_S, peakRssMb: Number(hwm?.[1] ?? 0) / 1024 }
 }
 
-/** `root`: the checkout whose relay runs (default this one), for A/B runs against another commit's worktree. */
-export const startRelay = (env: Record<string, string>, root?: string) =>
+/**
+ * How a relay process is run: from which checkout (`root`, default this one; an earlier
+ * commit's copy for before/after runs), as TypeScript sources (type stripping) or the compiled
+ * dist/cli/main.js, with which NODE_OPTIONS.
+ */
+export interface RelayVariant {
+  readonly root?: string | undefined
+  /** ts: the sources (type stripping); js: dist/cli/main.js (scripts/build-lib.sh); bundle: dist/bundle/main.js (scripts/build-bundle.sh). */
+  readonly form?: "ts" | "js" | "bundle" | undefined
+  readonly nodeOptions?: string | undefined
+}
+
+/** Defaults from BENCH_RELAY=ts|js|bundle and BENCH_RELAY_NODE_OPTIONS. */
+export const defaultVariant = (): RelayVariant => ({
+  form: process.env.BENCH_RELAY === "js" || process.env.BENCH_RELAY === "bundle" ? process.env.BENCH_RELAY : "ts",
+  nodeOptions: process.env.BENCH_RELAY_NODE_OPTIONS ?? "",
+})
+
+export const startRelay = (env: Record<string, string>, variant: RelayVariant = defaultVariant()) =>
   Effect.acquireRelease(
     Effect.callback<RelayProcess, Error>((resume) => {
       const spawnedAt = Date.now()
-      const bin = root === undefined ? BIN : `${root}/bin/outbox-relay`
-      const compiled = root === undefined ? COMPILED : `${root}/dist/cli/main.js`
-      const [command, args] = process.env.BENCH_RELAY === "js" ? [process.execPath, [compiled, "run"]] : [bin, ["run"]]
+      const bin = variant.root === undefined ? BIN : `${variant.root}/bin/outbox-relay`
+      const compiled = `${variant.root ?? ROOT}/${variant.form === "bundle" ? "dist/bundle/main.js" : "dist/cli/main.js"}`
+      // The compiled relay runs under this node directly, its options on the command line (V8
+      // flags such as --trace-gc are refused in NODE_OPTIONS); the sources through bin/outbox-relay.
+      const nodeOptions = (variant.nodeOptions ?? "").split(/\s+/).filter((o) => o !== "")
+      const [command, args] =
+        variant.form === "js" || variant.form === "bundle" ? [process.execPath, [...nodeOptions, compiled, "run"]] : [bin, ["run"]]
       const child = spawn(command, args, {
         env: {
           PATH: process.env.PATH ?? "",
-          NODE_OPTIONS: process.env.BENCH_RELAY_NODE_OPTIONS ?? "",
+          NODE_OPTIONS: variant.form === "js" || variant.form === "bundle" ? "" : (variant.nodeOptions ?? ""),
           LOG_FORMAT: "json",
           LOG_LEVEL: "info",
           HTTP_PORT: "0",
@@ -60,7 +82,10 @@ export const startRelay = (env: Record<string, string>, root?: string) =>
       child.stderr?.on("data", (d: Buffer) => {
         errors = (errors + d.toString()).slice(-4000)
       })
+      // BENCH_RELAY_LOG=<file>: the relay's output kept (with --trace-gc in its NODE_OPTIONS, say).
+      const keep = process.env.BENCH_RELAY_LOG
       child.stdout?.on("data", (d: Buffer) => {
+        if (keep !== undefined) appendFileSync(keep, d)
         buffered += d.toString()
         for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
           const line = buffered.slice(0, nl)

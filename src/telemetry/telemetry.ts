@@ -2,11 +2,11 @@
  * The OpenTelemetry layer: Effect metrics go to the Prometheus exporter (served at
  * GET /metrics), and spans go over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT or
  * OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set. Without one, no tracer is installed and
- * the relay makes no per-event spans at all.
+ * the relay makes no per-event spans at all, and the tracing modules (the Node SDK, the OTLP
+ * exporter and what they import) are not even loaded: only the metrics side is.
  */
-import * as NodeSdk from "@effect/opentelemetry/NodeSdk"
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http"
-import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
+import * as OtelMetrics from "@effect/opentelemetry/OtelMetrics"
+import * as Resource from "@effect/opentelemetry/Resource"
 import { Effect, Layer, Metric } from "effect"
 import { RelayConfig, type RelayConfigShape } from "../config/config.ts"
 import { producerRecreations } from "../kafka/publisher.ts"
@@ -26,20 +26,36 @@ const registerCounters = Layer.effectDiscard(
   ),
 )
 
+/** What NodeSdk.layer builds for a metric reader alone, without importing the SDK's tracing side. */
+const metricsOnly = (serviceName: string, scrape: PrometheusScrape["Service"]) =>
+  OtelMetrics.layer(() => scrape.reader, { shutdownTimeout: "5 seconds" }).pipe(
+    Layer.provideMerge(Resource.layerFromEnv(Resource.configToAttributes({ serviceName }))),
+  )
+
+/** Metrics and OTLP traces; the tracing modules load only here. */
+const withTracing = (serviceName: string, scrape: PrometheusScrape["Service"], url: string) =>
+  Effect.promise(async () => {
+    const [NodeSdk, { OTLPTraceExporter }, { BatchSpanProcessor }] = await Promise.all([
+      import("@effect/opentelemetry/NodeSdk"),
+      import("@opentelemetry/exporter-trace-otlp-http"),
+      import("@opentelemetry/sdk-trace-base"),
+    ])
+    // Headers, timeouts and batching of the exporter come from the standard OTEL_EXPORTER_OTLP_* / OTEL_BSP_* variables.
+    return NodeSdk.layer(() => ({
+      resource: { serviceName },
+      metricReader: scrape.reader,
+      spanProcessor: new BatchSpanProcessor(new OTLPTraceExporter({ url })),
+      shutdownTimeout: "5 seconds",
+    }))
+  })
+
 export const TelemetryLive = Layer.unwrap(
   Effect.gen(function* () {
     const config = yield* RelayConfig
     const scrape = yield* PrometheusScrape
     const tracesUrl = otlpTracesUrl(config)
-    // Headers, timeouts and batching of the exporter come from the standard OTEL_EXPORTER_OTLP_* / OTEL_BSP_* variables.
-    const sdk = NodeSdk.layer(
-      (): NodeSdk.Configuration => ({
-        resource: { serviceName: config.otelServiceName },
-        metricReader: scrape.reader,
-        spanProcessor: tracesUrl === undefined ? undefined : new BatchSpanProcessor(new OTLPTraceExporter({ url: tracesUrl })),
-        shutdownTimeout: "5 seconds",
-      }),
-    )
+    const sdk =
+      tracesUrl === undefined ? metricsOnly(config.otelServiceName, scrape) : yield* withTracing(config.otelServiceName, scrape, tracesUrl)
     yield* Effect.logInfo(tracesUrl === undefined ? "tracing off (no OTLP endpoint set)" : "exporting traces over OTLP/HTTP").pipe(
       Effect.annotateLogs(tracesUrl === undefined ? {} : { endpoint: tracesUrl }),
     )
