@@ -74,6 +74,12 @@ const sizes = {
 }[mode]
 const PARTITIONS = 6
 
+/** The middle value; of an even count, the mean of the two middle ones. */
+const median = (xs: ReadonlyArray<number>) => {
+  const sorted = [...xs].sort((a, b) => a - b)
+  const mid = sorted.length / 2
+  return Number.isInteger(mid) ? (sorted[mid - 1]! + sorted[mid]!) / 2 : sorted[Math.floor(mid)]!
+}
 const log = (s: string) => process.stderr.write(`bench: ${s}\n`)
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits })
 
@@ -95,7 +101,6 @@ if (args.has("--postgres-levers")) {
   const date = new Date().toISOString()
   const file = new URL(`./results/${date.slice(0, 19).replaceAll(":", "-")}-postgres-levers.json`, import.meta.url)
   writeFileSync(file, `${JSON.stringify({ date, events: sizes.ceiling, results }, null, 2)}\n`)
-  const median = (xs: Array<number>) => xs.sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!
   process.stdout.write(`\nPostgreSQL levers: the relay's claim + SENT mark of ${fmt(sizes.ceiling)} rows, median of ${repeat}\n\n`)
   for (const lever of LEVERS) {
     const mine = results.filter((r) => r.lever === lever.name)
@@ -257,7 +262,6 @@ if (r.soak !== undefined) {
   ])
 }
 if (variants.length > 0) {
-  const median = (xs: Array<number>) => xs.sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)]!
   for (const v of variants) {
     const of = (f: (d: DrainResult) => number, digits: number) =>
       fmt(median(r.drains.filter((d) => d.label.endsWith(`[${v.name}]`)).map(f)), digits)
