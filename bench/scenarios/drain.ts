@@ -95,6 +95,10 @@ export const drain = (
       if (brokerPid !== undefined) broker.observe(brokerPid, false)
       if (postmaster !== undefined) for (const pid of postgresAuxiliaryPids(postmaster)) auxiliary.observe(pid, false)
     }
+    // Counted as 0 when not found (`ss` missing, or the process not visible to this user): say so.
+    if (brokerPid === undefined) process.stderr.write("bench: the broker's process was not found; its CPU is not counted\n")
+    if (postmaster === undefined)
+      process.stderr.write("bench: PostgreSQL's postmaster was not found; its background processes are not counted\n")
     observeOthers()
     // The relay's backends are new with it: all their CPU counts. Read at every poll, so one that
     // closes (an idle pool connection) keeps what it used.
