@@ -301,12 +301,15 @@ export const publishBatch = Effect.fn("Relay.publishBatch")(function* (
       continue
     }
     const built = buildRecord(event, config.topicMap, config.maxRecordBytes)
-    const originalTopic = topicFor(config.topicMap, event.eventType)
     const exhausted = exhaustedBefore(event.attempts, config)
-    if (exhausted?._tag === "Dead") {
+    // Dead letters name the topic the event maps to; looked up only for them, off the hot path.
+    if (exhausted !== undefined) {
       // Its attempts ran out earlier but the dead-letter topic was unreachable then.
-      deadFirst.push({ event, reason: exhausted.reason, error: exhausted.error, original: Result.getOrUndefined(built), originalTopic })
+      const original = Result.getOrUndefined(built)
+      const originalTopic = topicFor(config.topicMap, event.eventType)
+      deadFirst.push({ event, reason: exhausted.reason, error: exhausted.error, original, originalTopic })
     } else if (Result.isFailure(built)) {
+      const originalTopic = topicFor(config.topicMap, event.eventType)
       deadFirst.push({ event, reason: built.failure.reason, error: built.failure.message, original: undefined, originalTopic })
     } else {
       if (event.traceparent !== null && !isValidTraceparent(event.traceparent)) {

@@ -45,7 +45,7 @@ export const decide = (attempts: number, failure: PublishFailure, policy: Policy
   })
 
 /** An event claimed with its attempts already used up: its dead letter could not be sent earlier. */
-export const exhaustedBefore = (attempts: number, policy: Policy): RetryDecision | undefined =>
+export const exhaustedBefore = (attempts: number, policy: Policy): Extract<RetryDecision, { _tag: "Dead" }> | undefined =>
   attempts >= policy.maxAttempts ? { _tag: "Dead", reason: "attempts_exhausted", error: `gave up after ${attempts} attempts` } : undefined
 
 /** The delay before retry number `retry` (1-based), read off the event backoff schedule. */
