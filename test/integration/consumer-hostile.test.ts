@@ -54,6 +54,12 @@ const partitionFullyCommitted = (groupId: string, topic: string, partition: numb
     Effect.map((o) => (o.end[partition] !== undefined && o.committed[partition] === o.end[partition] ? o : undefined)),
   )
 
+/** Five clicks that settle, then one whose handler is slow or stuck, all on one partition. */
+const fiveThenOneSlow: ReadonlyArray<TestClick> = [
+  ...Array.from({ length: 5 }, (_, i) => ({ dedupKey: `early-${i}`, query: "tent", aggregateKey: "one-session" })),
+  { dedupKey: "slow", query: "socks", aggregateKey: "one-session" },
+]
+
 describe("idempotent consumer under hostile input and faults", () => {
   it.live(
     "dedup keys that are not valid UTF-8 are dead-lettered as invalid_dedup_key with their bytes intact; distinct keys never collide",
@@ -177,10 +183,7 @@ describe("idempotent consumer under hostile input and faults", () => {
     () =>
       Effect.gen(function* () {
         const s = yield* scenario
-        const sent: ReadonlyArray<TestClick> = [
-          ...Array.from({ length: 5 }, (_, i) => ({ dedupKey: `early-${i}`, query: "tent", aggregateKey: "one-session" })),
-          { dedupKey: "slow", query: "socks", aggregateKey: "one-session" },
-        ]
+        const sent = fiveThenOneSlow
         yield* publishClicks(s.topic, sent)
         const slowStarted = yield* Deferred.make<ConsumedEvent<SearchClick>>()
         const first = yield* startProjection(s.db.url, {
@@ -220,10 +223,7 @@ describe("idempotent consumer under hostile input and faults", () => {
     () =>
       Effect.gen(function* () {
         const s = yield* scenario
-        const sent: ReadonlyArray<TestClick> = [
-          ...Array.from({ length: 5 }, (_, i) => ({ dedupKey: `early-${i}`, query: "tent", aggregateKey: "one-session" })),
-          { dedupKey: "slow", query: "socks", aggregateKey: "one-session" },
-        ]
+        const sent = fiveThenOneSlow
         yield* publishClicks(s.topic, sent)
         const slowStarted = yield* Deferred.make<void>()
         const first = yield* startProjection(s.db.url, {
