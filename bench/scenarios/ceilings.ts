@@ -75,7 +75,7 @@ export const postgresCeiling = (env: BenchEnv, count: number) =>
     for (;;) {
       const batch = yield* store.claimDue(BATCH)
       if (batch.length === 0) break
-      yield* store.markSent(batch.map((e, i) => ({ id: e.id, topic: "ceiling", partition: 0, offset: String(done + i) })))
+      yield* store.markSent(batch.map((e, i) => ({ id: e.id, lease: e.lease, topic: "ceiling", partition: 0, offset: String(done + i) })))
       done += batch.length
     }
     return done / ((performance.now() - started) / 1000)

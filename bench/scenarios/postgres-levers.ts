@@ -75,7 +75,7 @@ export const postgresLever = (env: BenchEnv, count: number, lever: Lever) =>
     for (;;) {
       const batch = yield* store.claimDue(BATCH, after)
       if (batch.length === 0) break
-      yield* store.markSent(batch.map((e, i) => ({ id: e.id, topic: "lever", partition: 0, offset: String(done + i) })))
+      yield* store.markSent(batch.map((e, i) => ({ id: e.id, lease: e.lease, topic: "lever", partition: 0, offset: String(done + i) })))
       done += batch.length
       after = batch.at(-1)!.id
     }

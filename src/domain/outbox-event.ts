@@ -22,6 +22,11 @@ export interface ClaimedEvent {
   readonly createdAtMs: number
   /** Set when this claim took the row over from another instance whose lease had expired. */
   readonly takenOverFrom: string | null
+  /**
+   * This claim's lease (its expiry, as the store wrote it). Marks and releases must match it,
+   * so a late mark from an earlier claim of the same row, even by this instance, changes nothing.
+   */
+  readonly lease: string
 }
 
 export type EventStatus = "NEW" | "SENT" | "FAILED" | "DEAD"

@@ -1,7 +1,8 @@
 /**
  * The claim / mark protocol on the outbox table. Every statement is short: no
- * transaction stays open while Kafka is called, and marks only touch rows this
- * instance still holds, so a lease taken over by another instance is never overwritten.
+ * transaction stays open while Kafka is called, and marks only touch rows still held under
+ * the claim that read them, so a lease taken over by another instance, or by a later claim of
+ * this one after its own lease expired, is never overwritten.
  */
 import { PgClient } from "@effect/sql-pg"
 import { Context, Effect, Layer, Stream } from "effect"
@@ -16,16 +17,20 @@ import { InstanceId } from "./instance-id.ts"
 import { requireCurrentSchema } from "./schema-migrator.ts"
 import { toDatabaseError } from "./sql-error.ts"
 
-export interface SentMark extends Delivery {
+/**
+ * A row as one claim holds it. The lease fences every write: an instance whose own lease
+ * expired can claim the row again, and the earlier claim's mark or release must then miss.
+ */
+export interface Lease {
   readonly id: string
+  readonly lease: string
 }
-export interface FailedMark {
-  readonly id: string
+export interface SentMark extends Delivery, Lease {}
+export interface FailedMark extends Lease {
   readonly error: string
   readonly retryInMs: number
 }
-export interface DeadMark {
-  readonly id: string
+export interface DeadMark extends Lease {
   readonly reason: DeadReason
   readonly error: string
 }
@@ -58,6 +63,7 @@ interface ClaimRow {
   readonly attempts: number
   readonly created_at_ms: number
   readonly previous_owner: string | null
+  readonly lease: string
 }
 
 const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
@@ -74,6 +80,7 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
   attempts: r.attempts,
   createdAtMs: Number(r.created_at_ms),
   takenOverFrom: r.previous_owner,
+  lease: r.lease,
 })
 
 const lostFrom = (requested: ReadonlyArray<{ readonly id: string }>, marked: ReadonlyArray<{ readonly id: string }>): MarkResult => {
@@ -93,7 +100,7 @@ export class OutboxStore extends Context.Service<
     readonly markFailed: (marks: ReadonlyArray<FailedMark>) => Effect.Effect<MarkResult, DatabaseError>
     readonly markDead: (marks: ReadonlyArray<DeadMark>) => Effect.Effect<MarkResult, DatabaseError>
     /** Gives back leases unpublished (graceful stop), so another instance need not wait for expiry. */
-    readonly release: (ids: ReadonlyArray<string>) => Effect.Effect<number, DatabaseError>
+    readonly release: (leases: ReadonlyArray<Lease>) => Effect.Effect<number, DatabaseError>
     /**
      * Who holds these rows now (`null`: nobody), for rows a mark found no longer ours: another
      * instance that took them over, or nobody because the database lost our claim.
@@ -164,7 +171,9 @@ export class OutboxStore extends Context.Service<
                     CASE WHEN e.content_bytes <= ${maxBytes} THEN e.headers_text END AS headers,
                     e.content_bytes, o.request_id, o.traceparent,
                     o.attempts, (extract(epoch FROM o.created_at) * 1000)::float8 AS created_at_ms,
-                    e.previous_owner`.pipe(
+                    e.previous_owner,
+                    -- The lease as text keeps its microseconds: marks compare it exactly.
+                    o.locked_until::text AS lease`.pipe(
           // RETURNING order is not the claim order; publishing in id order is what keeps keys ordered.
           Effect.map((rows) => rows.map(toClaimedEvent).sort((a, b) => compareIds(a.id, b.id))),
           Effect.mapError(toDatabaseError("claim")),
@@ -180,8 +189,9 @@ export class OutboxStore extends Context.Service<
                 FROM (SELECT unnest(${marks.map((m) => m.id)}::bigint[]) AS id,
                              unnest(${marks.map((m) => m.topic)}::text[]) AS topic,
                              unnest(${marks.map((m) => m.partition)}::int[]) AS partition,
-                             unnest(${marks.map((m) => m.offset)}::bigint[]) AS kafka_offset) d
-               WHERE o.id = d.id AND o.locked_by = ${me} AND o.status IN ('NEW', 'FAILED')
+                             unnest(${marks.map((m) => m.offset)}::bigint[]) AS kafka_offset,
+                             unnest(${marks.map((m) => m.lease)}::timestamptz[]) AS lease) d
+               WHERE o.id = d.id AND o.locked_by = ${me} AND o.locked_until = d.lease AND o.status IN ('NEW', 'FAILED')
               RETURNING o.id::text AS id`.pipe(
               Effect.map((rows) => lostFrom(marks, rows)),
               Effect.mapError(toDatabaseError("mark sent")),
@@ -197,8 +207,9 @@ export class OutboxStore extends Context.Service<
                      locked_by = NULL, locked_until = NULL
                 FROM (SELECT unnest(${marks.map((m) => m.id)}::bigint[]) AS id,
                              unnest(${marks.map((m) => m.error)}::text[]) AS error,
-                             unnest(${marks.map((m) => m.retryInMs)}::float8[]) AS retry_in_ms) d
-               WHERE o.id = d.id AND o.locked_by = ${me} AND o.status IN ('NEW', 'FAILED')
+                             unnest(${marks.map((m) => m.retryInMs)}::float8[]) AS retry_in_ms,
+                             unnest(${marks.map((m) => m.lease)}::timestamptz[]) AS lease) d
+               WHERE o.id = d.id AND o.locked_by = ${me} AND o.locked_until = d.lease AND o.status IN ('NEW', 'FAILED')
               RETURNING o.id::text AS id`.pipe(
               Effect.map((rows) => lostFrom(marks, rows)),
               Effect.mapError(toDatabaseError("mark failed")),
@@ -213,20 +224,23 @@ export class OutboxStore extends Context.Service<
                      locked_by = NULL, locked_until = NULL
                 FROM (SELECT unnest(${marks.map((m) => m.id)}::bigint[]) AS id,
                              unnest(${marks.map((m) => m.reason)}::text[]) AS reason,
-                             unnest(${marks.map((m) => m.error)}::text[]) AS error) d
-               WHERE o.id = d.id AND o.locked_by = ${me} AND o.status IN ('NEW', 'FAILED')
+                             unnest(${marks.map((m) => m.error)}::text[]) AS error,
+                             unnest(${marks.map((m) => m.lease)}::timestamptz[]) AS lease) d
+               WHERE o.id = d.id AND o.locked_by = ${me} AND o.locked_until = d.lease AND o.status IN ('NEW', 'FAILED')
               RETURNING o.id::text AS id`.pipe(
               Effect.map((rows) => lostFrom(marks, rows)),
               Effect.mapError(toDatabaseError("mark dead")),
             )
 
-      const release = (ids: ReadonlyArray<string>) =>
-        ids.length === 0
+      const release = (leases: ReadonlyArray<Lease>) =>
+        leases.length === 0
           ? Effect.succeed(0)
           : sql<{ id: string }>`
-              UPDATE outbox_event SET locked_by = NULL, locked_until = NULL
-               WHERE id = ANY(${ids}::bigint[]) AND locked_by = ${me} AND status IN ('NEW', 'FAILED')
-              RETURNING id::text AS id`.pipe(
+              UPDATE outbox_event o SET locked_by = NULL, locked_until = NULL
+                FROM (SELECT unnest(${leases.map((l) => l.id)}::bigint[]) AS id,
+                             unnest(${leases.map((l) => l.lease)}::timestamptz[]) AS lease) d
+               WHERE o.id = d.id AND o.locked_by = ${me} AND o.locked_until = d.lease AND o.status IN ('NEW', 'FAILED')
+              RETURNING o.id::text AS id`.pipe(
               Effect.map((rows) => rows.length),
               Effect.mapError(toDatabaseError("release")),
             )

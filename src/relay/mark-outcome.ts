@@ -2,6 +2,7 @@
 import { Clock, Effect, LogLevel, Metric, References } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import { DeadLetterSignal } from "../ops/dead-letter-signal.ts"
+import { InstanceId } from "../outbox/instance-id.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
 import { endToEndSeconds, leasesLost, publishDead, publishFailed, publishSent } from "../telemetry/metrics.ts"
 import { rowTraceContext } from "../telemetry/publish-spans.ts"
@@ -24,10 +25,10 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
   const signal = yield* DeadLetterSignal
   const [sent, failed, dead] = yield* Effect.all(
     [
-      store.markSent(outcome.sent.map(({ event, delivery }) => ({ id: event.id, ...delivery }))),
-      store.markFailed(outcome.failed.map(({ event, error, retryInMs }) => ({ id: event.id, error, retryInMs }))),
-      store.markDead(outcome.dead.map(({ event, reason, error }) => ({ id: event.id, reason, error }))),
-      store.release(outcome.givenBack.map((e) => e.id)),
+      store.markSent(outcome.sent.map(({ event, delivery }) => ({ id: event.id, lease: event.lease, ...delivery }))),
+      store.markFailed(outcome.failed.map(({ event, error, retryInMs }) => ({ id: event.id, lease: event.lease, error, retryInMs }))),
+      store.markDead(outcome.dead.map(({ event, reason, error }) => ({ id: event.id, lease: event.lease, reason, error }))),
+      store.release(outcome.givenBack),
     ],
     { concurrency: "unbounded" },
   ).pipe(
@@ -81,23 +82,32 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
 })
 
 /**
- * Rows this instance published but no longer held when marking. Either another instance took
- * them over after the lease expired (it publishes them again), or nobody holds them: the
- * database lost the claim (a crash with synchronous_commit off) and they are due again.
+ * Rows this instance published but no longer held under that claim when marking. Another
+ * instance took them over after the lease expired, or this instance did (a later batch
+ * claimed them again: sends slower than the lease), and publishes them again; or nobody holds
+ * them: the database lost the claim (a crash with synchronous_commit off) and they are due again.
  */
 const reportLostLeases = Effect.fnUntraced(function* (ids: ReadonlyArray<string>) {
   const store = yield* OutboxStore
+  const me = yield* InstanceId
   const holders = yield* store.leaseHolders(ids).pipe(Effect.orElseSucceed(() => new Map<string, string | null>()))
-  const byOther = ids.filter((id) => (holders.get(id) ?? null) !== null)
-  const unheld = ids.filter((id) => (holders.get(id) ?? null) === null)
+  const holder = (id: string) => holders.get(id) ?? null
+  const byOther = ids.filter((id) => holder(id) !== null && holder(id) !== me)
+  const byLaterClaim = ids.filter((id) => holder(id) === me)
+  const unheld = ids.filter((id) => holder(id) === null)
   if (byOther.length > 0) {
     yield* Effect.logWarning("lease lost before marking: another instance took these rows over and will publish them again").pipe(
       Effect.annotateLogs({
         ids: byOther.join(","),
         count: byOther.length,
-        holders: [...new Set(byOther.map((id) => holders.get(id)))].join(","),
+        holders: [...new Set(byOther.map(holder))].join(","),
       }),
     )
+  }
+  if (byLaterClaim.length > 0) {
+    yield* Effect.logWarning(
+      "lease expired before marking: a later claim of this instance took these rows again and will publish them again (sends slower than LEASE_MS)",
+    ).pipe(Effect.annotateLogs({ ids: byLaterClaim.join(","), count: byLaterClaim.length }))
   }
   if (unheld.length > 0) {
     yield* Effect.logWarning(

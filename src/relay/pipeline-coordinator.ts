@@ -18,6 +18,7 @@
  */
 import { Effect, Latch, Ref } from "effect"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
+import type { Lease } from "../outbox/outbox-store.ts"
 
 interface PipelineState {
   /** Sequence number the next admitted claim gets. */
@@ -25,18 +26,20 @@ interface PipelineState {
   /** Claims admitted and not yet finished (marked, or found nothing). */
   readonly inFlight: number
   /**
-   * Ids this instance claimed and has not yet tried to publish: what a stop gives back. A
-   * published row is not given back: if its mark never lands, its lease expires and the row
-   * is taken over (a counted duplicate), never quietly re-sent.
+   * Rows (id → lease) this instance claimed and has not yet tried to publish: what a stop
+   * gives back. A published row is not given back: if its mark never lands, its lease expires
+   * and the row is taken over (a counted duplicate), never quietly re-sent. Keyed by lease as
+   * well as id: a row whose lease expired in flight may be claimed again by a later batch, and
+   * the earlier batch's publish must not strike the later claim's entry.
    */
-  readonly unpublished: ReadonlySet<string>
+  readonly unpublished: ReadonlyMap<string, string>
   /** key → the highest batch sequence whose events of that key must be given back. */
   readonly holdBack: ReadonlyMap<string, number>
   /** Claims wait until the pipeline is empty (set by a hold-back, cleared when inFlight reaches 0). */
   readonly awaitingDrain: boolean
 }
 
-const initial: PipelineState = { nextSequence: 1, inFlight: 0, unpublished: new Set(), holdBack: new Map(), awaitingDrain: false }
+const initial: PipelineState = { nextSequence: 1, inFlight: 0, unpublished: new Map(), holdBack: new Map(), awaitingDrain: false }
 
 export interface PipelineCoordinator {
   /** Waits while the pipeline drains after a hold-back, then admits one claim and gives its sequence. */
@@ -48,11 +51,11 @@ export interface PipelineCoordinator {
   /** Events of these keys were left unsent by a batch: later ones already claimed must wait. */
   readonly leftUnsent: (keys: Iterable<string | null>) => Effect.Effect<void>
   /** Publishing was attempted for these rows (sent, failed or dead): a stop no longer gives them back. */
-  readonly published: (ids: ReadonlyArray<string>) => Effect.Effect<void>
+  readonly published: (leases: ReadonlyArray<Lease>) => Effect.Effect<void>
   /** A claim finished: its rows are marked or released (or it found none). */
-  readonly finished: (ids: ReadonlyArray<string>) => Effect.Effect<void>
+  readonly finished: (leases: ReadonlyArray<Lease>) => Effect.Effect<void>
   /** Leases this instance holds and has not tried to publish. */
-  readonly unpublished: Effect.Effect<ReadonlySet<string>>
+  readonly unpublished: Effect.Effect<ReadonlyArray<Lease>>
 }
 
 export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effect.gen(function* () {
@@ -77,19 +80,19 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
     events.length === 0
       ? Effect.void
       : Ref.update(state, (s) => {
-          const unpublished = new Set(s.unpublished)
-          for (const e of events) unpublished.add(e.id)
+          const unpublished = new Map(s.unpublished)
+          for (const e of events) unpublished.set(e.id, e.lease)
           return { ...s, unpublished }
         })
 
-  const withoutIds = (s: PipelineState, ids: ReadonlyArray<string>) => {
-    if (ids.length === 0) return s.unpublished
-    const unpublished = new Set(s.unpublished)
-    for (const id of ids) unpublished.delete(id)
+  const without = (s: PipelineState, leases: ReadonlyArray<Lease>) => {
+    if (leases.length === 0) return s.unpublished
+    const unpublished = new Map(s.unpublished)
+    for (const { id, lease } of leases) if (unpublished.get(id) === lease) unpublished.delete(id)
     return unpublished
   }
 
-  const published = (ids: ReadonlyArray<string>) => Ref.update(state, (s) => ({ ...s, unpublished: withoutIds(s, ids) }))
+  const published = (leases: ReadonlyArray<Lease>) => Ref.update(state, (s) => ({ ...s, unpublished: without(s, leases) }))
 
   const holdBackIn = (sequence: number) =>
     Ref.get(state).pipe(
@@ -113,9 +116,9 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
       return holdBack === undefined ? s : { ...s, holdBack, awaitingDrain: true }
     })
 
-  const finished = (ids: ReadonlyArray<string>) =>
+  const finished = (leases: ReadonlyArray<Lease>) =>
     Ref.modify(state, (s): readonly [boolean, PipelineState] => {
-      const unpublished = withoutIds(s, ids)
+      const unpublished = without(s, leases)
       const inFlight = Math.max(0, s.inFlight - 1)
       // Empty pipeline: every unsent row is marked, so claims see them and hold their keys themselves.
       return inFlight === 0
@@ -133,6 +136,6 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
     leftUnsent,
     published,
     finished,
-    unpublished: Ref.get(state).pipe(Effect.map((s) => s.unpublished)),
+    unpublished: Ref.get(state).pipe(Effect.map((s) => [...s.unpublished].map(([id, lease]) => ({ id, lease })))),
   }
 })

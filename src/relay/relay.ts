@@ -186,7 +186,7 @@ const publishClaimed = (coordinator: PipelineCoordinator) => (claimed: Claimed) 
       ? { sent: [], failed: [], dead: [], givenBack: claimed.events, kafkaUnavailable: false }
       : yield* Effect.flatMap(coordinator.holdBackIn(claimed.sequence), (mustHoldBack) =>
           publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey)).pipe(
-            Effect.tap((o) => coordinator.published([...o.sent, ...o.failed, ...o.dead].map((p) => p.event.id))),
+            Effect.tap((o) => coordinator.published([...o.sent, ...o.failed, ...o.dead].map((p) => p.event))),
             Effect.uninterruptible,
           ),
         )
@@ -202,7 +202,7 @@ const markPublished =
     Effect.gen(function* () {
       const relayEvents = yield* RelayEvents
       const ids = claimed.events.map((e) => e.id)
-      const summary = yield* markOutcome(outcome).pipe(Effect.ensuring(coordinator.finished(ids)))
+      const summary = yield* markOutcome(outcome).pipe(Effect.ensuring(coordinator.finished(claimed.events)))
       // Progress counts as a cycle: a long backlog drain must not look like a stalled loop.
       yield* recordCycle
       yield* relayEvents.emit({ _tag: "BatchMarked", ids, summary })
@@ -223,8 +223,7 @@ const releaseUnpublished = (coordinator: PipelineCoordinator) =>
   Effect.gen(function* () {
     const store = yield* OutboxStore
     const relayEvents = yield* RelayEvents
-    const ids = yield* coordinator.unpublished
-    const count = yield* store.release([...ids])
+    const count = yield* store.release(yield* coordinator.unpublished)
     if (count > 0) yield* Effect.logInfo("released unpublished leases").pipe(Effect.annotateLogs({ count }))
     yield* relayEvents.emit({ _tag: "LeasesReleased", count })
   }).pipe(

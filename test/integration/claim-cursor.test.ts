@@ -22,17 +22,18 @@ describe("claim cursor", () => {
         { dedupKey: "k1-second", eventType: "search_click", aggregateKey: "k1", payload: {} },
         { dedupKey: "free-2", eventType: "search_click", payload: {} },
       ])
-      const [k1First, free1] = inserted
+      const [, free1] = inserted
 
       // The other instance holds k1-first.
-      expect((yield* other.claimDue(1)).map((e) => e.dedupKey)).toEqual(["k1-first"])
+      const held = yield* other.claimDue(1)
+      expect(held.map((e) => e.dedupKey)).toEqual(["k1-first"])
 
       // A pass past free-1: free-1 is not walked again, k1-second waits behind k1-first.
       const past = yield* me.claimDue(10, free1!)
       expect(past.map((e) => e.dedupKey)).toEqual(["free-2"])
 
       // Once k1-first is sent, a pass from the lowest id takes free-1 and k1-second.
-      yield* other.markSent([{ id: k1First!, topic: "t", partition: 0, offset: "0" }])
+      yield* other.markSent([{ id: held[0]!.id, lease: held[0]!.lease, topic: "t", partition: 0, offset: "0" }])
       const fresh = yield* me.claimDue(10)
       expect(fresh.map((e) => e.dedupKey)).toEqual(["free-1", "k1-second"])
     }).pipe(Effect.scoped),

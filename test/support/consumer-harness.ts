@@ -168,6 +168,7 @@ export const publishClicks = (topic: string, clicks: ReadonlyArray<TestClick>) =
           attempts: 0,
           createdAtMs: Date.now(),
           takenOverFrom: null,
+          lease: "",
         },
         { search_click: topic },
       )

@@ -10,7 +10,7 @@ import { RelayConfig } from "../../src/config/config.ts"
 import { DatabaseError, type DeadReason } from "../../src/domain/errors.ts"
 import type { ClaimedEvent, EventStatus, NewEvent } from "../../src/domain/outbox-event.ts"
 import { InstanceId } from "../../src/outbox/instance-id.ts"
-import { type MarkResult, OutboxStore } from "../../src/outbox/outbox-store.ts"
+import { type Lease, type MarkResult, OutboxStore } from "../../src/outbox/outbox-store.ts"
 
 export interface FakeRow {
   readonly id: number
@@ -135,20 +135,25 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
               attempts: row.attempts,
               createdAtMs: row.createdAt,
               takenOverFrom: previousOwner,
+              lease: String(row.lockedUntil),
             }
           })
         })
 
-      /** Applies `update` to each row this instance holds; the others are lost. */
-      const mark = (operation: string, ids: ReadonlyArray<string>, update: (row: FakeRow, index: number, now: number) => void) =>
-        ids.length === 0
+      const holds = (row: FakeRow | undefined, { lease }: Lease): row is FakeRow =>
+        row !== undefined && row.lockedBy === me && String(row.lockedUntil) === lease && isPending(row)
+
+      /** Applies `update` to each row this instance holds under the claim the mark names; the others are lost. */
+      const mark = (operation: string, leases: ReadonlyArray<Lease>, update: (row: FakeRow, index: number, now: number) => void) =>
+        leases.length === 0
           ? Effect.succeed<MarkResult>({ marked: [], lost: [] })
           : statement(operation, (state, now): MarkResult => {
               const marked: Array<string> = []
               const lost: Array<string> = []
-              ids.forEach((id, i) => {
+              leases.forEach((held, i) => {
+                const id = held.id
                 const row = state.rows.find((r) => r.id === Number(id))
-                if (row !== undefined && row.lockedBy === me && isPending(row)) {
+                if (holds(row, held)) {
                   update(row, i, now)
                   row.lockedBy = null
                   row.lockedUntil = null
@@ -161,49 +166,38 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
       return OutboxStore.of({
         claimDue,
         markSent: (marks) =>
-          mark(
-            "mark sent",
-            marks.map((m) => m.id),
-            (row, i, now) => {
-              const m = marks[i]!
-              row.status = "SENT"
-              row.sentAt = now
-              row.lastError = null
-              row.delivery = { topic: m.topic, partition: m.partition, offset: m.offset }
-            },
-          ),
+          mark("mark sent", marks, (row, i, now) => {
+            const m = marks[i]!
+            row.status = "SENT"
+            row.sentAt = now
+            row.lastError = null
+            row.delivery = { topic: m.topic, partition: m.partition, offset: m.offset }
+          }),
         markFailed: (marks) =>
-          mark(
-            "mark failed",
-            marks.map((m) => m.id),
-            (row, i, now) => {
-              const m = marks[i]!
-              row.status = "FAILED"
-              row.attempts += 1
-              row.lastError = m.error
-              row.nextAttemptAt = now + m.retryInMs
-              db.journal.retries.push({ id: row.id, retry: row.attempts, delayMs: m.retryInMs })
-            },
-          ),
+          mark("mark failed", marks, (row, i, now) => {
+            const m = marks[i]!
+            row.status = "FAILED"
+            row.attempts += 1
+            row.lastError = m.error
+            row.nextAttemptAt = now + m.retryInMs
+            db.journal.retries.push({ id: row.id, retry: row.attempts, delayMs: m.retryInMs })
+          }),
         markDead: (marks) =>
-          mark(
-            "mark dead",
-            marks.map((m) => m.id),
-            (row, i) => {
-              const m = marks[i]!
-              row.status = "DEAD"
-              row.attempts += 1
-              row.deadReason = m.reason
-              row.lastError = m.error
-            },
-          ),
-        release: (ids) =>
-          ids.length === 0
+          mark("mark dead", marks, (row, i) => {
+            const m = marks[i]!
+            row.status = "DEAD"
+            row.attempts += 1
+            row.deadReason = m.reason
+            row.lastError = m.error
+          }),
+        release: (leases) =>
+          leases.length === 0
             ? Effect.succeed(0)
             : statement("release", (state) => {
                 let n = 0
-                for (const row of state.rows) {
-                  if (ids.includes(String(row.id)) && row.lockedBy === me && isPending(row)) {
+                for (const held of leases) {
+                  const row = state.rows.find((r) => r.id === Number(held.id))
+                  if (holds(row, held)) {
                     row.lockedBy = null
                     row.lockedUntil = null
                     n++

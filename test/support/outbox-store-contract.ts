@@ -7,8 +7,8 @@
 import { expect } from "@effect/vitest"
 import { Effect, type Scope } from "effect"
 import type { DeadReason } from "../../src/domain/errors.ts"
-import type { EventStatus, NewEvent } from "../../src/domain/outbox-event.ts"
-import type { OutboxStore } from "../../src/outbox/outbox-store.ts"
+import type { ClaimedEvent, EventStatus, NewEvent } from "../../src/domain/outbox-event.ts"
+import type { Lease, OutboxStore } from "../../src/outbox/outbox-store.ts"
 
 export interface RowState {
   readonly status: EventStatus
@@ -39,6 +39,7 @@ const event = (dedupKey: string, aggregateKey: string | null, payload: unknown =
 })
 
 const ids = (events: ReadonlyArray<{ readonly id: string }>) => events.map((e) => e.id)
+const lease = (e: ClaimedEvent): Lease => ({ id: e.id, lease: e.lease })
 
 export const outboxStoreContract = (test: Register) => {
   test("claims due rows oldest first, up to the limit, each leased to one instance only", (env) =>
@@ -58,9 +59,10 @@ export const outboxStoreContract = (test: Register) => {
       const b = yield* env.instance("instance-b")
       const { inserted } = yield* a.append([event("k1", "K"), event("x", null), event("k2", "K")])
       const [k1, x, k2] = inserted as [string, string, string]
-      expect(ids(yield* b.claimDue(1))).toEqual([k1])
+      const byB = yield* b.claimDue(1)
+      expect(ids(byB)).toEqual([k1])
       expect(ids(yield* a.claimDue(10))).toEqual([x])
-      yield* b.markSent([{ id: k1, topic: "t", partition: 0, offset: "0" }])
+      yield* b.markSent([{ ...lease(byB[0]!), topic: "t", partition: 0, offset: "0" }])
       expect(ids(yield* a.claimDue(10))).toEqual([k2])
     }))
 
@@ -86,8 +88,9 @@ export const outboxStoreContract = (test: Register) => {
       const a = yield* env.instance("instance-a")
       const { inserted } = yield* a.append([event("k1", "K"), event("k2", "K")])
       const [k1, k2] = inserted as [string, string]
-      expect(ids(yield* a.claimDue(1))).toEqual([k1])
-      const failed = yield* a.markFailed([{ id: k1, error: "broker down", retryInMs: 600 }])
+      const claimed = yield* a.claimDue(1)
+      expect(ids(claimed)).toEqual([k1])
+      const failed = yield* a.markFailed([{ ...lease(claimed[0]!), error: "broker down", retryInMs: 600 }])
       expect(failed).toEqual({ marked: [k1], lost: [] })
       expect(yield* env.row(k1)).toMatchObject({ status: "FAILED", attempts: 1, lockedBy: null })
       expect(yield* a.claimDue(10)).toEqual([])
@@ -101,14 +104,15 @@ export const outboxStoreContract = (test: Register) => {
       const b = yield* env.instance("instance-b")
       const { inserted } = yield* a.append([event("e", "K")])
       const e = inserted[0]!
-      expect(ids(yield* a.claimDue(10))).toEqual([e])
+      const byA = yield* a.claimDue(10)
+      expect(ids(byA)).toEqual([e])
       expect(yield* b.claimDue(10)).toEqual([])
       yield* env.advance(CONTRACT_LEASE_MS + 300)
       const taken = yield* b.claimDue(10)
       expect(taken.map((t) => [t.id, t.takenOverFrom])).toEqual([[e, "instance-a"]])
       expect((yield* a.leaseHolders([e])).get(e)).toBe("instance-b")
-      expect(yield* a.markSent([{ id: e, topic: "t", partition: 0, offset: "1" }])).toEqual({ marked: [], lost: [e] })
-      expect(yield* b.markSent([{ id: e, topic: "t", partition: 0, offset: "2" }])).toEqual({ marked: [e], lost: [] })
+      expect(yield* a.markSent([{ ...lease(byA[0]!), topic: "t", partition: 0, offset: "1" }])).toEqual({ marked: [], lost: [e] })
+      expect(yield* b.markSent([{ ...lease(taken[0]!), topic: "t", partition: 0, offset: "2" }])).toEqual({ marked: [e], lost: [] })
       expect((yield* env.row(e)).status).toBe("SENT")
     }))
 
@@ -118,12 +122,12 @@ export const outboxStoreContract = (test: Register) => {
       const b = yield* env.instance("instance-b")
       const { inserted } = yield* a.append([event("d1", null), event("d2", null)])
       const [d1, d2] = inserted as [string, string]
-      yield* a.claimDue(10)
-      expect(yield* b.markDead([{ id: d1, reason: "unknown_event_type", error: "no topic" }])).toEqual({ marked: [], lost: [d1] })
-      expect(yield* a.markDead([{ id: d1, reason: "unknown_event_type", error: "no topic" }])).toEqual({ marked: [d1], lost: [] })
+      const held = lease((yield* a.claimDue(10))[0]!)
+      expect(yield* b.markDead([{ ...held, reason: "unknown_event_type", error: "no topic" }])).toEqual({ marked: [], lost: [d1] })
+      expect(yield* a.markDead([{ ...held, reason: "unknown_event_type", error: "no topic" }])).toEqual({ marked: [d1], lost: [] })
       expect(yield* env.row(d1)).toEqual({ status: "DEAD", attempts: 1, lockedBy: null, deadReason: "unknown_event_type" })
       // A marked row is not marked twice.
-      expect(yield* a.markSent([{ id: d1, topic: "t", partition: 0, offset: "0" }])).toEqual({ marked: [], lost: [d1] })
+      expect(yield* a.markSent([{ ...held, topic: "t", partition: 0, offset: "0" }])).toEqual({ marked: [], lost: [d1] })
       expect((yield* env.row(d2)).lockedBy).toBe("instance-a")
     }))
 
@@ -133,12 +137,35 @@ export const outboxStoreContract = (test: Register) => {
       const b = yield* env.instance("instance-b")
       const { inserted } = yield* a.append([event("r", "K")])
       const r = inserted[0]!
-      yield* a.claimDue(10)
-      expect(yield* b.release([r])).toBe(0)
-      expect(yield* a.release([r])).toBe(1)
+      const held = (yield* a.claimDue(10)).map(lease)
+      expect(yield* b.release(held)).toBe(0)
+      expect(yield* a.release(held)).toBe(1)
       expect(yield* env.row(r)).toMatchObject({ status: "NEW", attempts: 0, lockedBy: null })
       const again = yield* b.claimDue(10)
       expect(again.map((t) => [t.id, t.takenOverFrom])).toEqual([[r, null]])
+    }))
+
+  test("a late mark or release from an earlier claim of the same instance changes nothing once its lease was claimed again", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const { inserted } = yield* a.append([event("s1", "K"), event("s2", "K"), event("s3", null)])
+      const [s1, s2, s3] = inserted as [string, string, string]
+      const first = yield* a.claimDue(10)
+      expect(ids(first)).toEqual([s1, s2, s3])
+      // The first claim's batch is still in flight when its lease runs out; the instance claims the rows again.
+      yield* env.advance(CONTRACT_LEASE_MS + 300)
+      const second = yield* a.claimDue(10)
+      expect(ids(second)).toEqual([s1, s2, s3])
+      const [old1, old2, old3] = first.map(lease) as [Lease, Lease, Lease]
+      expect(yield* a.markSent([{ ...old1, topic: "t", partition: 0, offset: "0" }])).toEqual({ marked: [], lost: [s1] })
+      expect(yield* a.markFailed([{ ...old2, error: "timeout", retryInMs: 600 }])).toEqual({ marked: [], lost: [s2] })
+      expect(yield* a.release([old3])).toBe(0)
+      // The second claim still holds all three, untouched, and its own marks land.
+      for (const id of [s1, s2, s3]) expect(yield* env.row(id)).toMatchObject({ status: "NEW", attempts: 0, lockedBy: "instance-a" })
+      expect(yield* a.markSent(second.map((e, i) => ({ ...lease(e), topic: "t", partition: 0, offset: String(i) })))).toEqual({
+        marked: [s1, s2, s3],
+        lost: [],
+      })
     }))
 
   test("claims a row too large to carry without its content, and says how large it is", (env) =>

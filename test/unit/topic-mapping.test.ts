@@ -18,6 +18,7 @@ const event = (over: Partial<ClaimedEvent> = {}): ClaimedEvent => ({
   attempts: 0,
   createdAtMs: 0,
   takenOverFrom: null,
+  lease: "",
   ...over,
 })
 
