@@ -9,8 +9,8 @@
  *
  * Before/after in one run (with --drain-only): `--compare=<dir>` drains alternately with the
  * relay of another checkout (a copy of an earlier commit, say) and this one; `--variant=<spec>`
- * (repeatable) with any relays, spec `ts|js|bundle[@<dir>][ <NODE_OPTIONS>]`, e.g.
- * `--variant=ts --variant=js "--variant=js --max-semi-space-size=4"`. Each `--repeat=<n>` times,
+ * (repeatable) with any relays, spec `ts|js|bundle[@<dir>][ <NODE_OPTIONS>][ NAME=value…]`, e.g.
+ * `--variant=ts --variant=js "--variant=js --max-semi-space-size=4" "--variant=ts BATCH_SIZE=1000"`. Each `--repeat=<n>` times,
  * interleaved, so every variant sees the same minutes of a noisy machine.
  */
 import { execFileSync } from "node:child_process"
@@ -38,10 +38,13 @@ const option = (name: string) =>
 const compareWith = option("compare")
 const repeat = Number(option("repeat") ?? 1)
 const parseVariant = (spec: string): RelayVariant & { name: string } => {
-  const [head = "ts", ...nodeOptions] = spec.trim().split(/\s+/)
+  const [head = "ts", ...rest] = spec.trim().split(/\s+/)
   const [kind, root] = head.split("@")
   const form = kind === "js" || kind === "bundle" ? kind : "ts"
-  return { name: spec.trim(), form, root: root || undefined, nodeOptions: nodeOptions.join(" ") }
+  // NAME=value words are relay settings, the others node options.
+  const isSetting = (word: string) => /^[A-Z][A-Z0-9_]*=/.test(word)
+  const settings = Object.fromEntries(rest.filter(isSetting).map((w) => [w.slice(0, w.indexOf("=")), w.slice(w.indexOf("=") + 1)]))
+  return { name: spec.trim(), form, root: root || undefined, nodeOptions: rest.filter((w) => !isSetting(w)).join(" "), settings }
 }
 const variants =
   compareWith !== undefined
@@ -93,7 +96,7 @@ if (args.has("--postgres-levers")) {
     for (const lever of LEVERS) {
       const r = await Effect.runPromise(scenario((env) => postgresLever(env, sizes.ceiling, lever)))
       log(
-        `${r.lever}: ${fmt(r.eventsPerSecond)} ev/s, ${fmt(r.postgresCpuMicrosPerEvent, 1)} µs/event, HOT ${fmt(r.hotUpdateShare * 100)} %`,
+        `${r.lever}: ${fmt(r.eventsPerSecond)} ev/s, ${fmt(r.postgresCpuMicrosPerEvent, 1)} µs/event, HOT ${fmt(r.hotUpdateShare * 100)} %, ${fmt(r.meanRowsPerClaim, 1)} rows/claim (${r.shortClaims} of ${r.claims} claims short)`,
       )
       results.push(r)
     }
@@ -102,10 +105,11 @@ if (args.has("--postgres-levers")) {
   const file = new URL(`./results/${date.slice(0, 19).replaceAll(":", "-")}-postgres-levers.json`, import.meta.url)
   writeFileSync(file, `${JSON.stringify({ date, events: sizes.ceiling, results }, null, 2)}\n`)
   process.stdout.write(`\nPostgreSQL levers: the relay's claim + SENT mark of ${fmt(sizes.ceiling)} rows, median of ${repeat}\n\n`)
+  const width = Math.max(...LEVERS.map((l) => l.name.length))
   for (const lever of LEVERS) {
     const mine = results.filter((r) => r.lever === lever.name)
     process.stdout.write(
-      `${lever.name.padEnd(36)} ${fmt(median(mine.map((r) => r.eventsPerSecond))).padStart(7)} ev/s  ${fmt(median(mine.map((r) => r.postgresCpuMicrosPerEvent)), 1).padStart(6)} µs/event  HOT ${fmt(median(mine.map((r) => r.hotUpdateShare * 100)))} % of updates\n`,
+      `${lever.name.padEnd(width)} ${fmt(median(mine.map((r) => r.eventsPerSecond))).padStart(7)} ev/s  ${fmt(median(mine.map((r) => r.postgresCpuMicrosPerEvent)), 1).padStart(6)} µs/event  HOT ${fmt(median(mine.map((r) => r.hotUpdateShare * 100))).padStart(3)} % of updates  ${fmt(median(mine.map((r) => r.meanRowsPerClaim)), 1)} rows/claim\n`,
     )
   }
   process.stdout.write(`\nwritten to ${file.pathname}\n`)

@@ -39,13 +39,15 @@ export const processCost = (pid: number): ProcessCost => {
 /**
  * How a relay process is run: from which checkout (`root`, default this one; an earlier
  * commit's copy for before/after runs), as TypeScript sources (type stripping) or the compiled
- * dist/cli/main.js, with which NODE_OPTIONS.
+ * dist/cli/main.js, with which NODE_OPTIONS, and which settings over the scenario's own.
  */
 export interface RelayVariant {
   readonly root?: string | undefined
   /** ts: the sources (type stripping); js: dist/cli/main.js (scripts/build-lib.sh); bundle: dist/bundle/main.js (scripts/build-bundle.sh). */
   readonly form?: "ts" | "js" | "bundle" | undefined
   readonly nodeOptions?: string | undefined
+  /** Relay settings (BATCH_SIZE=1000, say) that override the scenario's. */
+  readonly settings?: Readonly<Record<string, string>> | undefined
 }
 
 /** Defaults from BENCH_RELAY=ts|js|bundle and BENCH_RELAY_NODE_OPTIONS. */
@@ -73,6 +75,7 @@ export const startRelay = (env: Record<string, string>, variant: RelayVariant = 
           LOG_LEVEL: "info",
           HTTP_PORT: "0",
           ...env,
+          ...variant.settings,
         },
         stdio: ["ignore", "pipe", "pipe"],
       })

@@ -3,6 +3,7 @@ import * as m0002 from "./0002_replay_audit.ts"
 import * as m0003 from "./0003_notify_trigger.ts"
 import * as m0004 from "./0004_storage_tuning.ts"
 import * as m0005 from "./0005_time_ordered_event_id.ts"
+import * as m0006 from "./0006_no_event_id_index.ts"
 
 export interface Migration {
   readonly version: number
@@ -17,6 +18,7 @@ export const migrations: ReadonlyArray<Migration> = [
   { version: 3, name: "notify_trigger", statements: m0003.statements },
   { version: 4, name: "storage_tuning", statements: m0004.statements },
   { version: 5, name: "time_ordered_event_id", statements: m0005.statements },
+  { version: 6, name: "no_event_id_index", statements: m0006.statements },
 ]
 
 export const LATEST_SCHEMA_VERSION = migrations[migrations.length - 1]!.version
