@@ -370,7 +370,7 @@ describe("Dockerfile", () => {
     const users = stageArgs("USER")
     expect(users.length).toBeGreaterThan(0)
     expect(users.at(-1)).not.toMatch(/^(root|0)(:|$)/)
-    expect(execForm(stageArgs("ENTRYPOINT").at(-1) ?? "", "ENTRYPOINT")).toEqual(["node", "dist/bundle/main.js"])
+    expect(execForm(stageArgs("ENTRYPOINT").at(-1) ?? "", "ENTRYPOINT")).toEqual(["node", "--max-semi-space-size=8", "dist/bundle/main.js"])
     expect(existsSync(path.join(ROOT, "scripts/build-bundle.sh"))).toBe(true)
     expect(execForm(stageArgs("CMD").at(-1) ?? "", "CMD")).toEqual(["run"])
   })
