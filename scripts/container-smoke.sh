@@ -323,14 +323,20 @@ smoke() {
   docker run -d --name "$traced" --network host "${env[@]}" -e "HTTP_PORT=$(free_port)" \
     -e "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$(free_port)" "$IMAGE" >/dev/null
   deadline=$(( SECONDS + 30 ))
-  until docker logs "$traced" 2>&1 | grep -q '"relay started"'; do
+  # The logs are read whole before grep: `docker logs | grep -q` under pipefail fails whenever grep
+  # stops reading before docker logs has written everything (SIGPIPE), a flake that grows with the log.
+  local traced_logs=""
+  until traced_logs=$(docker logs "$traced" 2>&1) && grep -q '"relay started"' <<<"$traced_logs"; do
     if (( SECONDS >= deadline )) || [[ $(docker inspect -f '{{.State.Running}}' "$traced") != true ]]; then
       docker logs "$traced" 2>&1 | tail -n 30 >&2
       die "run with OTEL_EXPORTER_OTLP_ENDPOINT set did not start"
     fi
     sleep 0.2
   done
-  docker logs "$traced" 2>&1 | grep -q 'exporting traces over OTLP/HTTP' || die "run with an OTLP endpoint set does not export traces"
+  grep -q 'exporting traces over OTLP/HTTP' <<<"$traced_logs" || {
+    tail -n 30 <<<"$traced_logs" >&2
+    die "run with an OTLP endpoint set does not export traces"
+  }
   docker rm -f "$traced" >/dev/null
   log "ok: run with an OTLP endpoint set started (tracing modules loaded)"
 }
