@@ -16,8 +16,11 @@ export const PAYLOAD = {
 
 const CHUNK = 100_000
 
-/** `count` rows with status NEW (a backlog), or SENT (history), keyed over `keys` aggregates. */
-export const seedRows = (url: string, options: { count: number; status: "NEW" | "SENT"; keys: number; prefix: string }) =>
+/**
+ * `count` rows with status NEW (a backlog), or SENT (history), keyed over `keys` aggregates.
+ * `settle: false` skips the closing VACUUM and CHECKPOINT, for a seed that another follows.
+ */
+export const seedRows = (url: string, options: { count: number; status: "NEW" | "SENT"; keys: number; prefix: string; settle?: boolean }) =>
   withSql(url, (sql) =>
     Effect.gen(function* () {
       const types = `{${DEFAULT_EVENT_TYPES.join(",")}}`
@@ -43,6 +46,7 @@ export const seedRows = (url: string, options: { count: number; status: "NEW" | 
       // VACUUM sets hint bits and the visibility map as autovacuum would have on a live table,
       // and the CHECKPOINT keeps the seed's WAL from forcing one (with full-page writes for
       // every page the relay then touches) in the middle of the measured run.
+      if (options.settle === false) return
       yield* sql`VACUUM (ANALYZE) outbox_event`
       yield* sql`CHECKPOINT`.pipe(Effect.ignore)
     }),
