@@ -16,7 +16,6 @@
 import { execFileSync } from "node:child_process"
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus, totalmem } from "node:os"
-import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 import { kafkaCeiling, postgresCeiling, postgresMinimalCeiling } from "./scenarios/ceilings.ts"
 import { type DrainResult, drain } from "./scenarios/drain.ts"
@@ -24,7 +23,7 @@ import { LEVERS, type LeverResult, postgresLever } from "./scenarios/postgres-le
 import { soak } from "./scenarios/soak.ts"
 import { type SteadyResult, steadyRate } from "./scenarios/steady-rate.ts"
 import { dropScenario, freshScenario, infrastructure } from "./support/bench-env.ts"
-import { defaultVariant, type RelayVariant } from "./support/relay-process.ts"
+import { compiledMain, defaultVariant, type RelayVariant } from "./support/relay-process.ts"
 import { seedRows } from "./support/seed.ts"
 
 const args = new Set(process.argv.slice(2))
@@ -61,7 +60,7 @@ const variants =
 // it, rebuilds dist/ and leaves no bundle).
 for (const v of variants.length === 0 ? [defaultVariant()] : variants) {
   if (v.form !== "js" && v.form !== "bundle") continue
-  const main = `${v.root ?? fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "")}/${v.form === "bundle" ? "dist/bundle/main.js" : "dist/cli/main.js"}`
+  const main = compiledMain(v)
   if (!existsSync(main)) {
     process.stderr.write(`bench: ${main} is missing; run scripts/${v.form === "bundle" ? "build-bundle" : "build-lib"}.sh first\n`)
     process.exit(2)

@@ -56,12 +56,16 @@ export const defaultVariant = (): RelayVariant => ({
   nodeOptions: process.env.BENCH_RELAY_NODE_OPTIONS ?? "",
 })
 
+/** The compiled entry point a `js` or `bundle` variant runs. */
+export const compiledMain = (variant: RelayVariant): string =>
+  `${variant.root ?? ROOT}/${variant.form === "bundle" ? "dist/bundle/main.js" : "dist/cli/main.js"}`
+
 export const startRelay = (env: Record<string, string>, variant: RelayVariant = defaultVariant()) =>
   Effect.acquireRelease(
     Effect.callback<RelayProcess, Error>((resume) => {
       const spawnedAt = Date.now()
       const bin = variant.root === undefined ? BIN : `${variant.root}/bin/outbox-relay`
-      const compiled = `${variant.root ?? ROOT}/${variant.form === "bundle" ? "dist/bundle/main.js" : "dist/cli/main.js"}`
+      const compiled = compiledMain(variant)
       // The compiled relay runs under this node directly, its options on the command line (V8
       // flags such as --trace-gc are refused in NODE_OPTIONS); the sources through bin/outbox-relay.
       const nodeOptions = (variant.nodeOptions ?? "").split(/\s+/).filter((o) => o !== "")
