@@ -44,4 +44,4 @@ export {
 } from "./consumer/idempotent-consumer.ts"
 export { ensureInboxTable, INBOX_TABLE_DDL } from "./consumer/inbox-table.ts"
 export type { MessageOutcome } from "./consumer/process-message.ts"
-export type { BackoffPolicy } from "./relay/backoff.ts"
+export type { BackoffPolicy } from "./domain/backoff.ts"

@@ -9,7 +9,7 @@
  */
 import { Cause, Effect, Option, Ref, Result, type Schema } from "effect"
 import { SqlClient, SqlError } from "effect/sql"
-import { type BackoffPolicy, backoffSchedule } from "../relay/backoff.ts"
+import { type BackoffPolicy, backoffSchedule } from "../domain/backoff.ts"
 import {
   type ConsumedEvent,
   type ConsumedMessage,

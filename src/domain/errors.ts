@@ -47,9 +47,15 @@ export class InvalidEvent extends Schema.TaggedError<InvalidEvent>()("InvalidEve
   message: Schema.String,
 }) {}
 
+/** Whose fault a database error is (see database-fault.ts): decides wait, retry, isolate or fail loudly. */
+export const DatabaseFault = Schema.Literals(["outage", "conflict", "data", "programming"])
+
 export class DatabaseError extends Schema.TaggedError<DatabaseError>()("DatabaseError", {
   operation: Schema.String,
   message: Schema.String,
+  fault: DatabaseFault,
+  /** PostgreSQL's SQLSTATE, when the server sent one. */
+  sqlState: Schema.optional(Schema.String),
   cause: Schema.Defect(),
 }) {}
 

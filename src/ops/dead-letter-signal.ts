@@ -6,9 +6,9 @@
  */
 import { Clock, Context, Data, Effect, Layer, Metric, Redacted, Schedule } from "effect"
 import { RelayConfig } from "../config/config.ts"
+import { backoffSchedule } from "../domain/backoff.ts"
+import type { DeadLetter } from "../kafka/dead-letter-record.ts"
 import { InstanceId } from "../outbox/instance-id.ts"
-import { backoffSchedule } from "../relay/backoff.ts"
-import type { DeadLetter } from "../relay/dead-letter.ts"
 import { deadLetters } from "../telemetry/metrics.ts"
 
 export class WebhookFailed extends Data.TaggedError("WebhookFailed")<{ readonly message: string }> {}

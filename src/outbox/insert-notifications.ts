@@ -5,7 +5,7 @@
  */
 import { PgClient } from "@effect/sql-pg"
 import { Effect, Stream } from "effect"
-import { backoffSchedule } from "../relay/backoff.ts"
+import { backoffSchedule } from "../domain/backoff.ts"
 import { INSERT_CHANNEL } from "./migrations/0003_notify_trigger.ts"
 import { sqlErrorMessage } from "./sql-error.ts"
 

@@ -15,11 +15,11 @@ import { RelayConfig } from "../config/config.ts"
 import { KafkaUnavailable } from "../domain/errors.ts"
 import { topicFor } from "../domain/event-types.ts"
 import type { ClaimedEvent, Delivery } from "../domain/outbox-event.ts"
+import { type DeadLetter, deadLetterRecord } from "../kafka/dead-letter-record.ts"
 import { Publisher } from "../kafka/publisher.ts"
 import { buildRecord, isValidTraceparent, type OutboundRecord } from "../kafka/records.ts"
 import { publishDurationSeconds } from "../telemetry/metrics.ts"
 import { carryingSpan, endPublishSpan, type PublishResult, startPublishSpan, TracingEnabled } from "../telemetry/publish-spans.ts"
-import { type DeadLetter, deadLetterRecord } from "./dead-letter.ts"
 import { decide, exhaustedBefore, type PublishFailure } from "./retry-policy.ts"
 
 export interface SentEvent {

@@ -10,11 +10,11 @@
  */
 import { Clock, Duration, Effect, Fiber, Metric, Option, Ref, Stream } from "effect"
 import { RelayConfig } from "../config/config.ts"
+import { backoffSchedule } from "../domain/backoff.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import { Publisher } from "../kafka/publisher.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
 import { batchSize as batchSizeMetric, leaseTakeovers } from "../telemetry/metrics.ts"
-import { backoffSchedule } from "./backoff.ts"
 import { markOutcome } from "./mark-outcome.ts"
 import { makePipelineCoordinator, type PipelineCoordinator } from "./pipeline-coordinator.ts"
 import { type BatchOutcome, publishBatch } from "./publish-batch.ts"

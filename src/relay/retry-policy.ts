@@ -5,8 +5,8 @@
  */
 import { Clock, Duration, Effect, Schedule } from "effect"
 import type { RelayConfigShape } from "../config/config.ts"
+import { backoffSchedule } from "../domain/backoff.ts"
 import type { DatabaseError, DeadReason, InvalidEvent, KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
-import { backoffSchedule } from "./backoff.ts"
 
 /** What went wrong for one event on this attempt. */
 export type PublishFailure =

@@ -88,7 +88,12 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
       const statement = <A>(operation: string, f: (state: TableState, now: number) => A): Effect.Effect<A, DatabaseError> =>
         Effect.gen(function* () {
           if (db.faults.down || db.faults.severed.has(me) || (db.faults.failureRate > 0 && db.random() < db.faults.failureRate)) {
-            return yield* new DatabaseError({ operation, message: `${operation}: connection refused (simulated)`, cause: null })
+            return yield* new DatabaseError({
+              operation,
+              message: `${operation}: connection refused (simulated)`,
+              fault: "outage",
+              cause: null,
+            })
           }
           const now = yield* Clock.currentTimeMillis
           return yield* Ref.modify(db.table, (state) => [f(state, now), state] as const)

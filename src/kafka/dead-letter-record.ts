@@ -1,7 +1,7 @@
 /** The dead-letter record: the original key, value and headers, plus why and when it died. */
 import type { DeadReason } from "../domain/errors.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
-import type { OutboundRecord } from "../kafka/records.ts"
+import type { OutboundRecord } from "./records.ts"
 
 export interface DeadLetter {
   readonly event: ClaimedEvent
