@@ -38,6 +38,11 @@ export const DeadReason = Schema.Literals([
   "attempts_exhausted",
   // The dead-letter topic refused even the trimmed dead letter: the row keeps everything for replay.
   "dlq_rejected",
+  // PostgreSQL refused this row's mark (a data error: a value out of range, an index entry too
+  // large); the row is settled DEAD with its columns brought within ROW_LIMITS.
+  "unmarkable",
+  // The row broke a ROW_LIMITS bound when the constraints were added (migration 7); settled then.
+  "out_of_limits",
 ])
 export type DeadReason = typeof DeadReason.Type
 
