@@ -10,6 +10,7 @@
 import { Cause, Effect, Option, Ref, Result, type Schema } from "effect"
 import { SqlClient, SqlError } from "effect/sql"
 import { type BackoffPolicy, backoffSchedule } from "../domain/backoff.ts"
+import { annotateConsumerOutcome, consumedEventAttributes } from "../telemetry/consumer-span.ts"
 import {
   type ConsumedEvent,
   type ConsumedMessage,
@@ -188,6 +189,7 @@ export const processMessage =
       }
       return { _tag: "Processed", message, dedupKey, attempts: yield* Ref.get(attempts) } satisfies MessageOutcome
     }).pipe(
+      Effect.tap(annotateConsumerOutcome),
       Effect.annotateLogs({
         topic: message.topic,
         partition: message.partition,
@@ -207,6 +209,7 @@ export const processMessage =
           "messaging.destination.partition.id": String(message.partition),
           "messaging.kafka.offset": message.offset,
           "messaging.message.id": message.headers.event_id ?? "",
+          ...consumedEventAttributes(message),
         },
       }),
     ) as Effect.Effect<MessageOutcome, never, R | SqlClient.SqlClient>

@@ -1,6 +1,7 @@
 /**
  * GET /healthz: is the relay loop alive and turning (a cycle completed recently)?
- * GET /readyz: are PostgreSQL and Kafka reachable now (live checks, short timeouts)?
+ * GET /readyz: are PostgreSQL and Kafka reachable now (live checks, short timeouts)? It also
+ * shows whether spans reach the tracing backend, without letting that decide readiness.
  * Both answer JSON, 200 or 503.
  */
 import { Clock, Duration, Effect, Ref } from "effect"
@@ -11,6 +12,7 @@ import { Publisher } from "../kafka/publisher.ts"
 import { describeKafkaProblem } from "../kafka/startup-check.ts"
 import { sqlErrorMessage } from "../outbox/sql-error.ts"
 import { RelayState } from "../relay/relay-state.ts"
+import { TraceExportHealth } from "../telemetry/trace-export-health.ts"
 import { json } from "./responses.ts"
 
 export interface CheckResult {
@@ -54,6 +56,7 @@ export const HealthRoutes = HttpRouter.use((router) =>
     const state = yield* RelayState
     const config = yield* RelayConfig
     const checks = yield* dependencyChecks
+    const tracing = yield* TraceExportHealth
     // Until the first cycle, the loop's age counts from here: a starting relay is not a stalled one.
     const startedAt = yield* Clock.currentTimeMillis
 
@@ -87,8 +90,9 @@ export const HealthRoutes = HttpRouter.use((router) =>
       Effect.gen(function* () {
         const results = yield* checks
         const stopping = yield* Ref.get(state.stopping)
+        // Tracing is shown, never counted: a failing backend must not stop relaying.
         const ready = results.database.ok && results.kafka.ok && !stopping
-        return json({ status: ready ? "ready" : "not_ready", stopping, checks: results }, ready ? 200 : 503)
+        return json({ status: ready ? "ready" : "not_ready", stopping, checks: results, tracing: yield* tracing.status }, ready ? 200 : 503)
       }),
     )
   }),

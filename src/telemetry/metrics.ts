@@ -48,3 +48,18 @@ export const failedCount = Metric.gauge("outbox_failed_count", { description: "R
 export const relayLagSeconds = Metric.gauge("outbox_relay_lag_seconds", {
   description: "Age of the oldest row due for publishing (NEW, or FAILED whose retry time has come); 0 when none",
 })
+
+export const traceExports = Metric.counter("outbox_trace_exports_total", {
+  description: "Span exports to the tracing backend by outcome: success, failure (its spans are lost)",
+  incremental: true,
+})
+export const traceExportsSucceeded = Metric.withAttributes(traceExports, { outcome: "success" })
+export const traceExportsFailed = Metric.withAttributes(traceExports, { outcome: "failure" })
+
+export const traceSpansDropped = Metric.counter("outbox_trace_spans_dropped_total", {
+  description:
+    "Spans that never reached the tracing backend: export_failed (the backend refused or was unreachable), queue_full (spans ended faster than they were exported)",
+  incremental: true,
+})
+export const spansDroppedExportFailed = Metric.withAttributes(traceSpansDropped, { reason: "export_failed" })
+export const spansDroppedQueueFull = Metric.withAttributes(traceSpansDropped, { reason: "queue_full" })

@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest"
 import { parseConfig } from "../../src/config/config.ts"
 import { parseDurationMs } from "../../src/config/settings.ts"
 import { DEFAULT_TOPIC_MAP } from "../../src/domain/event-types.ts"
-import { otlpTracesUrl } from "../../src/telemetry/telemetry.ts"
+import { otlpTracesUrl } from "../../src/telemetry/trace-export-settings.ts"
 
 const valid = { DATABASE_URL: "postgres://app:s3cret@db:5432/app", KAFKA_BROKERS: "k1:9092, k2:9092" }
 
