@@ -82,7 +82,11 @@ describe("tracing", () => {
         const topic = topics.map.search_click!
         const traceId = randomBytes(16).toString("hex")
         const parentSpanId = randomBytes(8).toString("hex")
-        const config = relayConfig(db.url, { ...topics.env, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: receiver.url })
+        const config = relayConfig(db.url, {
+          ...topics.env,
+          OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: receiver.url,
+          OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json",
+        })
         yield* (yield* openStore(config)).append([
           {
             dedupKey: "traced-1",
