@@ -15,8 +15,11 @@ const loadExporter = async (choice: Chosen): Promise<SpanExporter> => {
       return new ConsoleSpanExporter()
     }
     case "zipkin": {
-      const { ZipkinExporter } = await import("@opentelemetry/exporter-zipkin")
-      return new ZipkinExporter({ url: choice.url })
+      const [{ ZipkinExporter }, { WholeMicrosecondsExporter }] = await Promise.all([
+        import("@opentelemetry/exporter-zipkin"),
+        import("./zipkin-timestamps.ts"),
+      ])
+      return new WholeMicrosecondsExporter(new ZipkinExporter({ url: choice.url }))
     }
     case "otlp": {
       const options = { url: choice.url, headers: { ...choice.headers }, timeoutMillis: choice.timeoutMs }
