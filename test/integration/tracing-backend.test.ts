@@ -44,7 +44,10 @@ const captureLogLines = Effect.acquireRelease(
       }
       return original(chunk, ...rest)
     }) as typeof process.stdout.write
-    return { lines, restore: () => void (process.stdout.write = original) }
+    const restore = () => {
+      process.stdout.write = original
+    }
+    return { lines, restore }
   }),
   (capture) => Effect.sync(capture.restore),
 )
