@@ -246,13 +246,15 @@ export class OutboxStore extends Context.Service<
           ? Effect.succeed({ marked: [], lost: [] })
           : fenced<{ id: string }>(
               marks,
+              // "" stands for no dead reason: the client cannot send an array holding only nulls
+              // ("Cannot infer the type of an array containing only null values").
               sql`status = 'FAILED', attempts = o.attempts + d.counts::int, last_error = left(d.error, ${errorChars}),
                   dead_reason = d.dead_reason, next_attempt_at = now() + make_interval(secs => d.retry_in_ms / 1000.0),
                   locked_by = NULL, locked_until = NULL`,
               sql`, unnest(${marks.map((m) => m.error)}::text[]) AS error,
                     unnest(${marks.map((m) => m.retryInMs)}::float8[]) AS retry_in_ms,
                     unnest(${marks.map((m) => m.countsAttempt)}::bool[]) AS counts,
-                    unnest(${marks.map((m) => m.deadReason)}::text[]) AS dead_reason`,
+                    NULLIF(unnest(${marks.map((m) => m.deadReason ?? "")}::text[]), '') AS dead_reason`,
             ).pipe(
               Effect.map((rows) => lostFrom(marks, rows)),
               Effect.mapError(toDatabaseError("mark failed")),
