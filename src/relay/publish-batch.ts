@@ -16,8 +16,16 @@ import { KafkaUnavailable, type KafkaUnknownTopic } from "../domain/errors.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import type { DeadLetter } from "../kafka/dead-letter-record.ts"
 import { Publisher } from "../kafka/publisher.ts"
+import {
+  annotateBatch,
+  batchAttributes,
+  endDeadLetterSpans,
+  endRouteSpans,
+  inEventTrace,
+  startDeadLetterSpans,
+} from "../telemetry/event-spans.ts"
 import { publishDurationSeconds } from "../telemetry/metrics.ts"
-import { endEventSpans, type PublishResult, startEventSpans } from "../telemetry/publish-spans.ts"
+import { type PublishResult, startEventSpans } from "../telemetry/publish-spans.ts"
 import { deliverDeadLetters, type LetterResult } from "./dead-letter-delivery.ts"
 import { type Publishable, planBatch } from "./publish-plan.ts"
 import * as P from "./publish-progress.ts"
@@ -65,16 +73,20 @@ const settleLetters = (p: P.Progress, results: ReadonlyArray<LetterResult>) =>
 
 const KAFKA_DOWN = new KafkaUnavailable({ reason: "unreachable", message: "Kafka was unreachable for this batch", cause: null })
 
-/** Dead letters to the DLQ; once Kafka is known to be down they wait for it without a try. */
-const sendLetters = (p: P.Progress, letters: ReadonlyArray<DeadLetter>, budget: SendBudget) =>
+/**
+ * Dead letters to the DLQ; once Kafka is known to be down they wait for it without a try.
+ * `beforeSend`: these events were never offered to Kafka (said on their dead-letter spans).
+ */
+const sendLetters = (p: P.Progress, letters: ReadonlyArray<DeadLetter>, budget: SendBudget, beforeSend: boolean) =>
   Effect.gen(function* () {
     if (letters.length === 0) return p
-    if (p.kafkaUnavailable)
-      return yield* settleLetters(
-        p,
-        letters.map((letter) => ({ _tag: "Undelivered", letter, error: KAFKA_DOWN })),
-      )
-    return yield* settleLetters(p, yield* deliverDeadLetters(letters, budget))
+    const config = yield* RelayConfig
+    const traced = yield* startDeadLetterSpans(letters, config.dlqTopic, beforeSend)
+    const results: ReadonlyArray<LetterResult> = p.kafkaUnavailable
+      ? traced.map((letter) => ({ _tag: "Undelivered", letter, error: KAFKA_DOWN }))
+      : yield* deliverDeadLetters(traced, budget)
+    yield* endDeadLetterSpans(results)
+    return yield* settleLetters(p, results)
   })
 
 /** Events Kafka did not take: each retries after a delay, or dies and its letter goes to the DLQ. */
@@ -85,7 +97,7 @@ const settleFailures = (p: P.Progress, failures: ReadonlyArray<Publishable>, fai
       Effect.map(decide(item.event.attempts, failure, config), (decision) => ({ item, decision })),
     )
     const { progress, letters } = P.decided(p, decisions)
-    return yield* sendLetters(progress, letters, budget)
+    return yield* sendLetters(progress, letters, budget, false)
   })
 
 const sendRecords = (
@@ -110,7 +122,12 @@ const sendRecords = (
         Effect.withSpan("send", {
           kind: "client",
           links: eventSpans.map((span) => ({ span, attributes: {} })),
-          attributes: { "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.batch.message_count": ready.length },
+          attributes: {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.batch.message_count": ready.length,
+            ...batchAttributes(ready.map((item) => item.event)),
+          },
         }),
       ),
     )
@@ -173,17 +190,20 @@ export const publishBatch = Effect.fn("Relay.publishBatch")(function* (
   budget: SendBudget,
 ) {
   const config = yield* RelayConfig
+  yield* annotateBatch(events)
   const plan = planBatch(events, holdBack, config)
-  for (const event of plan.invalidTraceparents) {
-    yield* Effect.logWarning("invalid traceparent dropped; the event is published without it").pipe(
-      Effect.annotateLogs({ event_id: event.eventId, dedup_key: event.dedupKey, traceparent: event.traceparent }),
-    )
-  }
-  const afterLetters = yield* sendLetters(P.givenBack(P.EMPTY_PROGRESS, plan.givenBack), plan.deadLetters, budget)
+  const afterLetters = yield* sendLetters(P.givenBack(P.EMPTY_PROGRESS, plan.givenBack), plan.deadLetters, budget, true)
   const { ready, progress } = P.takeReady(afterLetters, plan.records)
   const traced = yield* startEventSpans(ready)
+  for (const event of plan.invalidTraceparents) {
+    // In the trace the event starts for itself (its publish span), not in the batch's.
+    yield* Effect.logWarning("invalid traceparent dropped; the event is published without it").pipe(
+      Effect.annotateLogs({ traceparent: event.traceparent }),
+      inEventTrace(event, traced.spans.get(event.id)),
+    )
+  }
   const done = yield* sendRecords(progress, traced.items, [...traced.spans.values()], budget)
-  yield* endEventSpans(traced.spans, routesOf(done))
+  yield* endRouteSpans(traced.spans, routesOf(done), done.kafkaUnavailable)
   return {
     sent: done.sent.map((s) => ({ ...s, span: traced.spans.get(s.event.id) })),
     failed: done.failed,

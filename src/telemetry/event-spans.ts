@@ -4,15 +4,15 @@
  * whole, trimmed, or refused it), given back or held back untried, and replayed by an
  * operator. Each is a span in the event's own trace (the row's traceparent), tagged like
  * the publish span, so a search by request id or an error search lands on the event. With
- * tracing off none is made: the callers get `undefined` and carry the row's traceparent.
+ * tracing off none is made.
  *
  * Also here: what makes a log line about an event lead to its trace, and what a batch span
  * says about the events it covers.
  */
 import { Clock, Effect, Exit, type Tracer } from "effect"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
-import type { OutboundRecord } from "../kafka/records.ts"
-import { carryingSpan, type EventIdentity, eventAttributes, rowTraceContext, TracingEnabled } from "./publish-spans.ts"
+import type { DeadLetter } from "../kafka/dead-letter-record.ts"
+import { type EventIdentity, endEventSpans, eventAttributes, type PublishResult, rowTraceContext, TracingEnabled } from "./publish-spans.ts"
 
 /** A span in the event's own trace: child of the row's traceparent, or the root of a new trace. */
 const startEventSpan = (event: EventIdentity, name: string, kind: Tracer.SpanKind, attributes: Record<string, unknown>) =>
@@ -29,67 +29,100 @@ const startEventSpan = (event: EventIdentity, name: string, kind: Tracer.SpanKin
 const endSpan = (span: Tracer.Span | undefined, exit: Exit.Exit<unknown, unknown>) =>
   span === undefined ? Effect.void : Effect.flatMap(Clock.currentTimeNanos, (now) => Effect.sync(() => span.end(now, exit)))
 
-export interface DeadLetterRoute {
-  readonly reason: string
-  readonly error: string
-  /** True when the event was never offered to Kafka (unknown type, too large, bad headers, attempts ran out earlier). */
-  readonly beforeSend: boolean
-  readonly originalTopic: string | undefined
-}
-
 /**
- * Starts the span of an event's way to the dead-letter topic. Its context is the dead-letter
- * record's traceparent (`deadLetterCarrying`), so whoever reads the DLQ continues this trace.
+ * Each letter with the span of its way to the dead-letter topic (none with tracing off). The
+ * span's context becomes the dead-letter record's traceparent (dead-letter-record.ts), so
+ * whoever reads the DLQ continues the event's trace. `beforeSend`: the event was never
+ * offered to Kafka (unknown type, too large, bad headers, attempts ran out earlier).
  */
-export const startDeadLetterSpan = (event: ClaimedEvent, dlqTopic: string, route: DeadLetterRoute) =>
-  startEventSpan(event, `dead-letter ${dlqTopic}`, "producer", {
-    "messaging.system": "kafka",
-    "messaging.operation.type": "send",
-    "messaging.destination.name": dlqTopic,
-    "outbox.outcome": "dead",
-    "outbox.dead_reason": route.reason,
-    "outbox.before_send": route.beforeSend,
-    "outbox.original_topic": route.originalTopic ?? "",
-    "error.type": route.reason,
-  })
+export const startDeadLetterSpans = <L extends DeadLetter>(letters: ReadonlyArray<L>, dlqTopic: string, beforeSend: boolean) =>
+  Effect.forEach(letters, (letter) =>
+    Effect.map(
+      startEventSpan(letter.event, `dead-letter ${dlqTopic}`, "producer", {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": dlqTopic,
+        "outbox.outcome": "dead",
+        "outbox.dead_reason": letter.reason,
+        "outbox.before_send": beforeSend,
+        "outbox.original_topic": letter.originalTopic ?? "",
+        "error.type": letter.reason,
+      }),
+      (span): L => (span === undefined ? letter : { ...letter, span }),
+    ),
+  )
 
-/**
- * The dead-letter record as sent: its traceparent names the dead-letter span, or, with
- * tracing off, the row's own traceparent when it has a valid one.
- */
-export const deadLetterCarrying = (record: OutboundRecord, event: ClaimedEvent, span: Tracer.Span | undefined): OutboundRecord => {
-  if (span !== undefined) return carryingSpan(record, span)
-  const row = rowTraceContext(event)
-  return row === undefined ? record : { ...record, headers: { ...record.headers, traceparent: event.traceparent! } }
-}
+/** What the DLQ did with each letter, as dead-letter-delivery.ts reports it. */
+export type DeliveredLetter =
+  | { readonly _tag: "Delivered"; readonly letter: DeadLetter; readonly shape: "full" | "trimmed" }
+  | { readonly _tag: "Refused"; readonly letter: DeadLetter; readonly error: string }
+  | { readonly _tag: "Undelivered"; readonly letter: DeadLetter; readonly error: { readonly message: string } }
+  | { readonly _tag: "Untried"; readonly letter: DeadLetter }
 
-/**
- * Ends it once the DLQ answered: `full` or `trimmed` (it took the letter without value and
- * row headers), `refused` (the row is DEAD as dlq_rejected and keeps everything), or
- * `unreachable` (the event stays FAILED and will try again). A dead event is an error span.
- */
-export const endDeadLetterSpan = (
+const endDeadLetterSpan = (
   span: Tracer.Span | undefined,
-  letter: "full" | "trimmed" | "refused" | "unreachable",
+  letter: "full" | "trimmed" | "refused" | "unreachable" | "untried",
   error: string,
-  reason?: string,
 ) =>
   span === undefined
     ? Effect.void
     : Effect.suspend(() => {
         span.attribute("outbox.dead_letter", letter)
-        if (reason !== undefined) span.attribute("outbox.dead_reason", reason)
-        if (letter === "unreachable") span.attribute("outbox.outcome", "failed")
+        if (letter === "refused") span.attribute("outbox.dead_reason", "dlq_rejected")
+        // Its letter waits for the DLQ: the event is FAILED until it is sent again.
+        if (letter === "unreachable" || letter === "untried") span.attribute("outbox.outcome", "failed")
         return endSpan(span, Exit.fail(new Error(error)))
       })
+
+/**
+ * Ends each letter's span with what became of it: on the DLQ `full` or `trimmed` (without
+ * value and row headers), `refused` (the row is DEAD as dlq_rejected and keeps everything),
+ * or still waiting for the DLQ. Every one is an error span: the event did not get through.
+ */
+export const endDeadLetterSpans = (results: ReadonlyArray<DeliveredLetter>) =>
+  Effect.forEach(
+    results,
+    (r) => {
+      const why = `${r.letter.reason}: ${r.letter.error}`
+      switch (r._tag) {
+        case "Delivered":
+          return endDeadLetterSpan(r.letter.span, r.shape, why)
+        case "Refused":
+          return endDeadLetterSpan(r.letter.span, "refused", `${why}; the dead-letter topic refused it too: ${r.error}`)
+        case "Undelivered":
+          return endDeadLetterSpan(r.letter.span, "unreachable", `${why}; not published: ${r.error.message}`)
+        case "Untried":
+          return endDeadLetterSpan(r.letter.span, "untried", `${why}; not tried: the batch ran out of time`)
+      }
+    },
+    { discard: true },
+  )
 
 /**
  * An event given back untried (its key is held behind an unsent event, or Kafka went away
  * mid-batch): a short span, not an error, so its trace shows why it waited.
  */
-export const heldBackSpan = (event: ClaimedEvent, why: "key_held" | "kafka_unavailable" | "batch_stopped") =>
+const heldBackSpan = (event: ClaimedEvent, why: "key_held" | "kafka_unavailable") =>
   Effect.flatMap(startEventSpan(event, "hold back", "internal", { "outbox.outcome": "held", "outbox.held_because": why }), (span) =>
     endSpan(span, Exit.void),
+  )
+
+/**
+ * Ends each event's publish span with its route (publish-spans.ts), and gives an event held
+ * back without one (never offered in this batch) a span of its own.
+ */
+export const endRouteSpans = (
+  spans: ReadonlyMap<string, Tracer.Span>,
+  results: ReadonlyArray<readonly [event: ClaimedEvent, result: PublishResult]>,
+  kafkaUnavailable: boolean,
+) =>
+  Effect.andThen(
+    endEventSpans(spans, results),
+    Effect.forEach(
+      results.filter(([event, result]) => result._tag === "held" && !spans.has(event.id)),
+      ([event]) => heldBackSpan(event, kafkaUnavailable ? "kafka_unavailable" : "key_held"),
+      { discard: true },
+    ),
   )
 
 /** A replayed event, as seen by the replay: the row's id, traceparent and request id. */
