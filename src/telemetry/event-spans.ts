@@ -207,4 +207,5 @@ export const batchAttributes = (events: ReadonlyArray<ClaimedEvent>): Record<str
 }
 
 /** Tags the current span (a batch's) with the events it covers. */
-export const annotateBatch = (events: ReadonlyArray<ClaimedEvent>) => Effect.annotateCurrentSpan(batchAttributes(events))
+export const annotateBatch = (events: ReadonlyArray<ClaimedEvent>) =>
+  Effect.flatMap(TracingEnabled, (enabled) => (enabled ? Effect.annotateCurrentSpan(batchAttributes(events)) : Effect.void))
