@@ -10,6 +10,7 @@ import { Clock, Context, Duration, Effect, Layer, Metric, Semaphore } from "effe
 import { RelayConfig } from "../config/config.ts"
 import { type KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
 import type { Delivery } from "../domain/outbox-event.ts"
+import { resends } from "../telemetry/metrics.ts"
 import { classifyKafkaError } from "./error-classification.ts"
 import { KafkaClient } from "./kafka-client.ts"
 import { type Admin, type PartitionerArgs, Partitioners, type Producer } from "./kafkajs.ts"
@@ -181,7 +182,7 @@ export class Publisher extends Context.Service<
               timeout: config.publishTimeoutMs,
               topicMessages: [...byTopic].map(([topic, list]) => ({ topic, messages: list })),
             }),
-          )
+          ).pipe(Effect.tapError((e) => Metric.update(Metric.withAttributes(resends, { reason: e.reason }), records.length)))
           // Within a partition, kafkajs keeps the given order: each record's offset is its
           // partition's base offset plus the records before it there. Numbers, not BigInts:
           // offsets are exact up to 2^53, which no partition reaches.
