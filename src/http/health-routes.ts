@@ -11,7 +11,7 @@ import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import { Publisher } from "../kafka/publisher.ts"
 import { describeKafkaProblem } from "../kafka/startup-check.ts"
-import { backlogProblems } from "../ops/backlog-problems.ts"
+import { backlogProblems, describeProblem } from "../ops/backlog-problems.ts"
 import { OutboxBacklog } from "../outbox/backlog.ts"
 import { sqlErrorMessage } from "../outbox/sql-error.ts"
 import { RelayState } from "../relay/relay-state.ts"
@@ -100,7 +100,12 @@ export const HealthRoutes = HttpRouter.use((router) =>
         const problems = latest === undefined ? [] : backlogProblems(latest, config)
         const status = !ready ? "not_ready" : problems.length > 0 ? "degraded" : "ready"
         return json(
-          { status, stopping, checks: results, degraded: problems.map((p) => ({ reason: p.kind, count: p.count, message: p.message })) },
+          {
+            status,
+            stopping,
+            checks: results,
+            degraded: problems.map((p) => ({ reason: p.kind, count: p.count, message: describeProblem(p) })),
+          },
           ready ? 200 : 503,
         )
       }),

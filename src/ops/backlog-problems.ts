@@ -1,7 +1,7 @@
 /**
  * What the backlog says an operator must act on, in the operator's terms: which setting or
- * command to look at. The same sentences go to the WARN lines and to /readyz, so the log and
- * the probe never disagree about why the relay is degraded.
+ * command to look at. The same words go to the WARN lines and to /readyz, so the log and the
+ * probe never disagree about why the relay is degraded.
  */
 import type { RelayConfigShape } from "../config/config.ts"
 import { deadLetterTopicHint } from "../kafka/startup-check.ts"
@@ -10,7 +10,10 @@ import type { Backlog } from "../outbox/backlog.ts"
 export interface BacklogProblem {
   readonly kind: "dead_letters_waiting" | "stuck_rows"
   readonly count: number
-  readonly message: string
+  /** What is wrong, the same words while it lasts (the log line's message: easy to search and alert on). */
+  readonly title: string
+  /** What it does and what to do about it. */
+  readonly action: string
 }
 
 /** Logged once when a problem that was warned about is gone. */
@@ -27,9 +30,8 @@ export const backlogProblems = (backlog: Backlog, config: Settings): ReadonlyArr
         {
           kind: "dead_letters_waiting" as const,
           count: backlog.deadLetterWaiting,
-          message:
-            `${backlog.deadLetterWaiting} dead letter(s) wait for the dead-letter topic "${config.dlqTopic}" (DLQ_TOPIC), missing or unreachable; ` +
-            `their rows stay FAILED and hold their keys. ${deadLetterTopicHint(config)}`,
+          title: `dead letters wait for the dead-letter topic "${config.dlqTopic}" (DLQ_TOPIC): missing or unreachable`,
+          action: `Their rows stay FAILED and hold their keys; ${deadLetterTopicHint(config)}.`,
         },
       ]
     : []),
@@ -38,10 +40,14 @@ export const backlogProblems = (backlog: Backlog, config: Settings): ReadonlyArr
         {
           kind: "stuck_rows" as const,
           count: backlog.stuckRows,
-          message:
-            `${backlog.stuckRows} pending row(s) are leased or scheduled beyond what LEASE_MS and BACKOFF_MAX_MS allow, and hold their keys: ` +
-            "list them with `outbox-relay stuck` (GET /admin/stuck), free them with `outbox-relay unstick` (POST /admin/stuck/free)",
+          title: "pending rows are leased or scheduled beyond what LEASE_MS and BACKOFF_MAX_MS allow",
+          action:
+            "They hold their keys and no retry clears them: list them with `outbox-relay stuck` (GET /admin/stuck), " +
+            "free them with `outbox-relay unstick` (POST /admin/stuck/free).",
         },
       ]
     : []),
 ]
+
+/** One sentence with the count, for /readyz. */
+export const describeProblem = (p: BacklogProblem): string => `${p.count} ${p.title}. ${p.action}`

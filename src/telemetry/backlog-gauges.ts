@@ -31,10 +31,11 @@ export const BacklogGaugesLive = Layer.effectDiscard(
         for (const p of problems) {
           const last = before.get(p.kind)
           if (last === undefined || now - last >= REPEAT_WARNING_MS) {
-            yield* Effect.logWarning(p.message).pipe(
+            yield* Effect.logWarning(p.title).pipe(
               Effect.annotateLogs({
                 problem: p.kind,
                 count: p.count,
+                action: p.action,
                 ...(p.kind === "dead_letters_waiting"
                   ? { dlq_topic: config.dlqTopic, kafka_auto_create_topics: config.kafkaAutoCreateTopics }
                   : {}),
