@@ -194,7 +194,14 @@ export class Publisher extends Context.Service<
               timeout: config.publishTimeoutMs,
               topicMessages: [...byTopic].map(([topic, list]) => ({ topic, messages: list })),
             }),
-          ).pipe(Effect.tapError((e) => Metric.update(Metric.withAttributes(resends, { reason: e.reason }), records.length)))
+          ).pipe(
+            Effect.tapError((e) =>
+              Metric.update(
+                Metric.withAttributes(resends, { reason: e._tag === "KafkaUnknownTopic" ? "unknown_topic" : e.reason }),
+                records.length,
+              ),
+            ),
+          )
           // Within a partition, kafkajs keeps the given order: each record's offset is its
           // partition's base offset plus the records before it there. Numbers, not BigInts:
           // offsets are exact up to 2^53, which no partition reaches.

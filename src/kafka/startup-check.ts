@@ -7,6 +7,8 @@
  */
 import { Duration, Effect, Layer, Ref, Schedule, Schema } from "effect"
 import { RelayConfig, type RelayConfigShape } from "../config/config.ts"
+import { classifyKafkaError } from "./error-classification.ts"
+import { KafkaClient } from "./kafka-client.ts"
 import { Publisher } from "./publisher.ts"
 
 /**
@@ -53,6 +55,7 @@ export class KafkaNotReachable extends Schema.TaggedError<KafkaNotReachable>()("
 export const KafkaStartupCheck = Layer.effectDiscard(
   Effect.gen(function* () {
     const publisher = yield* Publisher
+    const kafka = yield* KafkaClient
     const config = yield* RelayConfig
     const brokers = config.kafkaBrokers.join(",")
     // The reason last logged: a retry failing the same way stays quiet.
@@ -93,10 +96,26 @@ export const KafkaStartupCheck = Layer.effectDiscard(
     const backoff = Schedule.exponential(Duration.seconds(1)).pipe((exp) => Schedule.min([exp, Schedule.spaced(Duration.seconds(30))]))
     // Asked once the cluster answers: a dead-letter topic that does not exist is found at start,
     // not when the first poison event has to wait for it (its rows then hold their keys).
-    const checkDeadLetterTopic = publisher.missingTopics([config.dlqTopic]).pipe(
-      Effect.flatMap((missing) => {
-        if (!missing.has(config.dlqTopic))
-          return Effect.logDebug("dead-letter topic exists").pipe(Effect.annotateLogs({ dlq_topic: config.dlqTopic }))
+    // Admin metadata never creates a topic: this asks whether it exists now.
+    const deadLetterTopicExists = Effect.acquireUseRelease(
+      Effect.sync(() => kafka.admin()),
+      (admin) =>
+        Effect.tryPromise({
+          try: async () => {
+            await admin.connect()
+            await admin.fetchTopicMetadata({ topics: [config.dlqTopic] })
+          },
+          catch: classifyKafkaError,
+        }).pipe(
+          Effect.as(true),
+          Effect.catchTag("KafkaUnknownTopic", () => Effect.succeed(false)),
+          Effect.timeout(ATTEMPT_TIMEOUT),
+        ),
+      (admin) => Effect.promise(() => admin.disconnect().catch(() => undefined)).pipe(Effect.timeout("5 seconds"), Effect.ignore),
+    )
+    const checkDeadLetterTopic = deadLetterTopicExists.pipe(
+      Effect.flatMap((exists) => {
+        if (exists) return Effect.logDebug("dead-letter topic exists").pipe(Effect.annotateLogs({ dlq_topic: config.dlqTopic }))
         const log = config.kafkaAutoCreateTopics ? Effect.logInfo : Effect.logWarning
         return log(`dead-letter topic "${config.dlqTopic}" (DLQ_TOPIC) does not exist: ${deadLetterTopicHint(config)}`).pipe(
           Effect.annotateLogs({ dlq_topic: config.dlqTopic, kafka_auto_create_topics: config.kafkaAutoCreateTopics }),
@@ -109,4 +128,4 @@ export const KafkaStartupCheck = Layer.effectDiscard(
       attempt.pipe(Effect.retry(backoff), Effect.ignore, Effect.andThen(checkDeadLetterTopic), Effect.withTracerEnabled(false)),
     )
   }),
-)
+).pipe(Layer.provide(KafkaClient.layer))
