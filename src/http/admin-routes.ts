@@ -7,6 +7,8 @@ import { Effect, Layer, type Redacted, Ref, Result } from "effect"
 import { HttpRouter, HttpServerRequest } from "effect/http"
 import { RelayConfig } from "../config/config.ts"
 import type { DatabaseError } from "../domain/errors.ts"
+import { degradedReport } from "../ops/backlog-problems.ts"
+import { OutboxBacklog } from "../outbox/backlog.ts"
 import { DeadLetterStore } from "../outbox/dead-letter-store.ts"
 import { InstanceId } from "../outbox/instance-id.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
@@ -29,6 +31,8 @@ const adminRoutes = (token: Redacted.Redacted<string>) =>
     const store = yield* OutboxStore
     const deadLetters = yield* DeadLetterStore
     const stuck = yield* StuckRows
+    const backlog = yield* OutboxBacklog
+    const config = yield* RelayConfig
     const instanceId = yield* InstanceId
     const checks = yield* dependencyChecks
     const authorized = bearerTokenCheck(token)
@@ -86,6 +90,8 @@ const adminRoutes = (token: Redacted.Redacted<string>) =>
             last_error: (yield* Ref.get(state.lastError)) ?? null,
             counts: Result.isSuccess(counts) ? counts.success : null,
             checks: live,
+            // From the backlog gauges' last read, as /readyz gives it.
+            degraded: degradedReport(yield* backlog.latest, config),
           }
         }),
       ),

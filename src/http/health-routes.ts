@@ -11,7 +11,7 @@ import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import { Publisher } from "../kafka/publisher.ts"
 import { describeKafkaProblem } from "../kafka/startup-check.ts"
-import { backlogProblems, describeProblem } from "../ops/backlog-problems.ts"
+import { degradedReport } from "../ops/backlog-problems.ts"
 import { OutboxBacklog } from "../outbox/backlog.ts"
 import { sqlErrorMessage } from "../outbox/sql-error.ts"
 import { RelayState } from "../relay/relay-state.ts"
@@ -96,18 +96,9 @@ export const HealthRoutes = HttpRouter.use((router) =>
         // Degraded is still 200: the relay goes on with every key the problem does not touch,
         // and a 503 would take it out of service discovery (and its metrics out of scrapes)
         // exactly when the operator needs them, without fixing anything. The reasons say what to do.
-        const latest = yield* backlog.latest
-        const problems = latest === undefined ? [] : backlogProblems(latest, config)
-        const status = !ready ? "not_ready" : problems.length > 0 ? "degraded" : "ready"
-        return json(
-          {
-            status,
-            stopping,
-            checks: results,
-            degraded: problems.map((p) => ({ reason: p.kind, count: p.count, message: describeProblem(p) })),
-          },
-          ready ? 200 : 503,
-        )
+        const degraded = degradedReport(yield* backlog.latest, config)
+        const status = !ready ? "not_ready" : degraded.length > 0 ? "degraded" : "ready"
+        return json({ status, stopping, checks: results, degraded }, ready ? 200 : 503)
       }),
     )
   }),

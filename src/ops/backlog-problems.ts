@@ -51,3 +51,7 @@ export const backlogProblems = (backlog: Backlog, config: Settings): ReadonlyArr
 
 /** One sentence with the count, for /readyz. */
 export const describeProblem = (p: BacklogProblem): string => `${p.count} ${p.title}. ${p.action}`
+
+/** The `degraded` list of /readyz and /admin/status, from the backlog's last read (empty before the first). */
+export const degradedReport = (latest: Backlog | undefined, config: Settings) =>
+  latest === undefined ? [] : backlogProblems(latest, config).map((p) => ({ reason: p.kind, count: p.count, message: describeProblem(p) }))

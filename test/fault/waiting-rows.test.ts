@@ -220,6 +220,7 @@ describe("rows that wait on an operator", () => {
     expect(ready.status).toBe(200)
     expect(ready.body.status).toBe("degraded")
     expect(ready.body.degraded).toEqual([expect.objectContaining({ reason: "stuck_rows", count: 2 })])
+    expect((await getJson(`${baseUrl}/admin/status`)).body.degraded).toEqual([expect.objectContaining({ reason: "stuck_rows", count: 2 })])
 
     // Listed by the admin API and the CLI, with the rows each one holds back.
     const listed = await getJson(`${baseUrl}/admin/stuck?limit=10`)
