@@ -9,7 +9,8 @@ import { Context, Effect, Layer, Stream } from "effect"
 import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import type { DatabaseError, DeadReason, SchemaVersionMismatch } from "../domain/errors.ts"
-import type { ClaimedEvent, Delivery, EventStatus, NewEvent } from "../domain/outbox-event.ts"
+import type { ClaimedEvent, Delivery, EventStatus, NewEvent, RecordColumn } from "../domain/outbox-event.ts"
+import { ROW_LIMITS } from "../domain/row-limits.ts"
 import type { OutboxRow } from "../writer/event-input.ts"
 import { INSERT_OUTBOX_EVENTS, type InsertedRow, insertParameters } from "../writer/outbox-insert.ts"
 import { insertWakeUps } from "./insert-notifications.ts"
@@ -57,7 +58,9 @@ interface ClaimRow {
   readonly aggregate_key: string | null
   readonly payload: string | null
   readonly headers: string | null
-  readonly content_bytes: number
+  /** Set only for a row too large to carry (then payload and headers are NULL). */
+  readonly oversize_bytes: number | null
+  readonly oversize_column: RecordColumn | null
   readonly request_id: string | null
   readonly traceparent: string | null
   readonly attempts: number
@@ -74,7 +77,7 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
   aggregateKey: r.aggregate_key,
   payload: r.payload ?? "null",
   headers: r.headers ?? "{}",
-  oversizeBytes: r.payload === null ? Number(r.content_bytes) : null,
+  oversize: r.oversize_bytes === null ? null : { bytes: Number(r.oversize_bytes), column: r.oversize_column ?? "payload" },
   requestId: r.request_id,
   traceparent: r.traceparent,
   attempts: r.attempts,
@@ -82,6 +85,19 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
   takenOverFrom: r.previous_owner,
   lease: r.lease,
 })
+
+/**
+ * A text column of a row too large to carry, when the column itself is beyond its bound: its
+ * first 64 characters and an md5 of the whole, enough for the dead letter's headers and for an
+ * operator to find the row; the rest never leaves the server.
+ */
+const standIn = (column: string) => `left(${column}, 64) || '… (' || octet_length(${column}) || ' bytes, md5 ' || md5(${column}) || ')'`
+
+/** The largest record column of a claimed row (named as in RecordColumn), from the sizes `eligible` measured. */
+const LARGEST_COLUMN = `(SELECT v.name FROM (VALUES ('payload', e.payload_bytes), ('headers', e.headers_bytes),
+    ('event_type', e.event_type_bytes), ('aggregate_key', e.aggregate_key_bytes), ('dedup_key', e.dedup_key_bytes),
+    ('request_id', e.request_id_bytes), ('traceparent', e.traceparent_bytes)) AS v(name, bytes)
+  ORDER BY v.bytes DESC NULLS LAST LIMIT 1)`
 
 const lostFrom = (requested: ReadonlyArray<{ readonly id: string }>, marked: ReadonlyArray<{ readonly id: string }>): MarkResult => {
   const done = new Set(marked.map((r) => r.id))
@@ -123,6 +139,7 @@ export class OutboxStore extends Context.Service<
       const me = yield* InstanceId
       const leaseSeconds = config.leaseMs / 1000
       const maxBytes = config.maxRecordBytes
+      const unsafe = (fragment: string) => sql.literal(fragment)
 
       const claimDue = (limit: number, after = "0") =>
         // SKIP LOCKED lets instances claim side by side without waiting on each other.
@@ -137,7 +154,11 @@ export class OutboxStore extends Context.Service<
         sql<ClaimRow>`
           WITH candidates AS MATERIALIZED (
             -- The JSON text is made once, here, so its size can be checked before it is sent.
-            SELECT id, aggregate_key, locked_by, payload::text AS payload_text, headers::text AS headers_text
+            -- octet_length of a stored text reads its size from the TOAST header, not the value.
+            SELECT id, aggregate_key, locked_by, payload::text AS payload_text, headers::text AS headers_text,
+                   octet_length(event_type)::bigint AS event_type_bytes, octet_length(aggregate_key)::bigint AS aggregate_key_bytes,
+                   octet_length(dedup_key)::bigint AS dedup_key_bytes, octet_length(request_id)::bigint AS request_id_bytes,
+                   octet_length(traceparent)::bigint AS traceparent_bytes
               FROM outbox_event
              WHERE status IN ('NEW', 'FAILED')
                AND id > ${after}::bigint
@@ -147,8 +168,15 @@ export class OutboxStore extends Context.Service<
              LIMIT ${limit}
              FOR UPDATE SKIP LOCKED
           ), eligible AS (
+            -- The whole record: value, headers, the key, and the row's text columns that become
+            -- headers (dedup_key counted again when it is the key). Every column counts, since
+            -- any one of them can be too large for PostgreSQL's client (16 MiB) or for Kafka.
             SELECT c.id, c.locked_by AS previous_owner, c.payload_text, c.headers_text,
-                   octet_length(c.payload_text) + coalesce(octet_length(c.headers_text), 0) AS content_bytes
+                   octet_length(c.payload_text)::bigint AS payload_bytes, coalesce(octet_length(c.headers_text), 0)::bigint AS headers_bytes,
+                   c.event_type_bytes, c.aggregate_key_bytes, c.dedup_key_bytes, c.request_id_bytes, c.traceparent_bytes,
+                   octet_length(c.payload_text)::bigint + coalesce(octet_length(c.headers_text), 0) + c.event_type_bytes
+                     + c.dedup_key_bytes + coalesce(c.aggregate_key_bytes, c.dedup_key_bytes)
+                     + coalesce(c.request_id_bytes, 0) + coalesce(c.traceparent_bytes, 0) AS record_bytes
               FROM candidates c
              WHERE c.aggregate_key IS NULL
                 OR NOT EXISTS (
@@ -164,12 +192,24 @@ export class OutboxStore extends Context.Service<
              SET locked_by = ${me}, locked_until = now() + make_interval(secs => ${leaseSeconds})
             FROM eligible e
            WHERE o.id = e.id
-          RETURNING o.id::text AS id, o.event_id::text AS event_id, o.dedup_key, o.event_type, o.aggregate_key,
-                    -- A row too large to carry is claimed without its content: PostgreSQL's client
-                    -- refuses a result row over 16 MiB, and Kafka one over its limit. It is dead-lettered.
-                    CASE WHEN e.content_bytes <= ${maxBytes} THEN e.payload_text END AS payload,
-                    CASE WHEN e.content_bytes <= ${maxBytes} THEN e.headers_text END AS headers,
-                    e.content_bytes, o.request_id, o.traceparent,
+          RETURNING o.id::text AS id, o.event_id::text AS event_id,
+                    -- A row too large to carry is claimed without its content and without any
+                    -- column beyond its bound; it is dead-lettered. The aggregate_key is kept
+                    -- whole unless it alone is too large, so every row of a key names it alike.
+                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.dedup_key_bytes <= ${ROW_LIMITS.dedupKeyBytes}
+                         THEN o.dedup_key ELSE ${unsafe(standIn("o.dedup_key"))} END AS dedup_key,
+                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.event_type_bytes <= ${ROW_LIMITS.eventTypeBytes}
+                         THEN o.event_type ELSE ${unsafe(standIn("o.event_type"))} END AS event_type,
+                    CASE WHEN e.aggregate_key_bytes IS NULL OR e.aggregate_key_bytes <= ${maxBytes}
+                         THEN o.aggregate_key ELSE ${unsafe(standIn("o.aggregate_key"))} END AS aggregate_key,
+                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.request_id_bytes <= ${ROW_LIMITS.requestIdBytes}
+                         THEN o.request_id ELSE ${unsafe(standIn("o.request_id"))} END AS request_id,
+                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.traceparent_bytes <= ${ROW_LIMITS.traceparentBytes}
+                         THEN o.traceparent ELSE ${unsafe(standIn("o.traceparent"))} END AS traceparent,
+                    CASE WHEN e.record_bytes <= ${maxBytes} THEN e.payload_text END AS payload,
+                    CASE WHEN e.record_bytes <= ${maxBytes} THEN e.headers_text END AS headers,
+                    CASE WHEN e.record_bytes > ${maxBytes} THEN e.record_bytes::float8 END AS oversize_bytes,
+                    CASE WHEN e.record_bytes > ${maxBytes} THEN ${unsafe(LARGEST_COLUMN)} END AS oversize_column,
                     o.attempts, (extract(epoch FROM o.created_at) * 1000)::float8 AS created_at_ms,
                     e.previous_owner,
                     -- The lease as text keeps its microseconds: marks compare it exactly.

@@ -70,6 +70,26 @@ const isReservedHeader = (name: string) => RESERVED_HEADERS.has(name.toLowerCase
 
 const utf8 = new TextEncoder()
 
+const byteLength = (s: string) => utf8.encode(s).length
+
+/**
+ * The size of a JSON value as jsonb prints it (`payload::text`, the Kafka value): like
+ * JSON.stringify, with a space after each `:` and `,`. Duplicate keys and number spellings
+ * may differ by a few bytes; the relay measures again exactly.
+ */
+export const jsonbTextBytes = (value: Schema.Json): number => {
+  if (value === null || typeof value !== "object") return byteLength(JSON.stringify(value))
+  if (Array.isArray(value)) {
+    let n = 2 + Math.max(0, value.length - 1) * 2
+    for (const item of value) n += jsonbTextBytes(item)
+    return n
+  }
+  const entries = Object.entries(value)
+  let n = 2 + Math.max(0, entries.length - 1) * 2
+  for (const [key, item] of entries) n += byteLength(JSON.stringify(key)) + 2 + jsonbTextBytes(item as Schema.Json)
+  return n
+}
+
 const Headers = Schema.Record(Schema.String, Schema.String)
 const decodeJson = Schema.decodeUnknownResult(Schema.Json)
 const decodeHeaders = Schema.decodeUnknownResult(Headers)
@@ -181,13 +201,22 @@ export const toOutboxRow = (
   }
   const payload = encodePayload(input.payload, schema, problems)
 
-  if (payload !== undefined) {
+  if (payload !== undefined && eventType !== undefined && dedupKey !== undefined) {
     const limit = options.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES
-    const bytes = utf8.encode(JSON.stringify(payload)).length + utf8.encode(JSON.stringify(headers)).length
+    // What the relay's claim measures (OutboxStore.claimDue): the record's value and headers as
+    // PostgreSQL prints them, the key, and the text columns that become headers.
+    const bytes =
+      jsonbTextBytes(payload) +
+      jsonbTextBytes(headers) +
+      byteLength(eventType) +
+      byteLength(dedupKey) +
+      byteLength(aggregateKey ?? dedupKey) +
+      byteLength(requestId ?? "") +
+      byteLength(traceparent ?? "")
     if (bytes > limit) {
       problems.push({
         field: "payload",
-        message: `with its headers is ${bytes} bytes, over the limit of ${limit} (the relay's MAX_RECORD_BYTES would dead-letter it)`,
+        message: `with its headers, keys and ids is ${bytes} bytes, over the limit of ${limit} (the relay's MAX_RECORD_BYTES would dead-letter it)`,
       })
     }
   }
