@@ -14,7 +14,7 @@ export interface ClaimedEvent {
    * Set when the row is larger than the relay can carry (MAX_RECORD_BYTES, counted over every
    * column that goes into the record): the event can only be dead-lettered. The claim did not
    * fetch its payload and headers (empty stand-ins here), nor any text column beyond its bound
-   * (a prefix and an md5 of the whole stand in for it).
+   * (its first 64 characters and its size stand in for it).
    */
   readonly oversize: Oversize | null
   readonly requestId: string | null

@@ -88,10 +88,10 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
 
 /**
  * A text column of a row too large to carry, when the column itself is beyond its bound: its
- * first 64 characters and an md5 of the whole, enough for the dead letter's headers and for an
- * operator to find the row; the rest never leaves the server.
+ * first 64 characters and its size, enough for the dead letter's headers (event_id names the
+ * row); the rest never leaves the server. left() reads only the first slice of a TOASTed value.
  */
-const standIn = (column: string) => `left(${column}, 64) || '… (' || octet_length(${column}) || ' bytes, md5 ' || md5(${column}) || ')'`
+const standIn = (column: string) => `left(${column}, 64) || '… (' || octet_length(${column}) || ' bytes)'`
 
 /** The largest record column of a claimed row (named as in RecordColumn), from the sizes `eligible` measured. */
 const LARGEST_COLUMN = `(SELECT v.name FROM (VALUES ('payload', e.payload_bytes), ('headers', e.headers_bytes),
@@ -153,9 +153,8 @@ export class OutboxStore extends Context.Service<
         // starts, never the ordering check, which still sees every older pending row.
         sql<ClaimRow>`
           WITH candidates AS MATERIALIZED (
-            -- The JSON text is made once, here, so its size can be checked before it is sent.
             -- octet_length of a stored text reads its size from the TOAST header, not the value.
-            SELECT id, aggregate_key, locked_by, payload::text AS payload_text, headers::text AS headers_text,
+            SELECT id, aggregate_key, locked_by, payload, headers,
                    octet_length(event_type)::bigint AS event_type_bytes, octet_length(aggregate_key)::bigint AS aggregate_key_bytes,
                    octet_length(dedup_key)::bigint AS dedup_key_bytes, octet_length(request_id)::bigint AS request_id_bytes,
                    octet_length(traceparent)::bigint AS traceparent_bytes
@@ -167,30 +166,44 @@ export class OutboxStore extends Context.Service<
              ORDER BY id
              LIMIT ${limit}
              FOR UPDATE SKIP LOCKED
-          ), eligible AS (
-            -- The whole record: value, headers, the key, and the row's text columns that become
-            -- headers (dedup_key counted again when it is the key). Every column counts, since
-            -- any one of them can be too large for PostgreSQL's client (16 MiB) or for Kafka.
-            SELECT c.id, c.locked_by AS previous_owner, c.payload_text, c.headers_text,
-                   octet_length(c.payload_text)::bigint AS payload_bytes, coalesce(octet_length(c.headers_text), 0)::bigint AS headers_bytes,
-                   c.event_type_bytes, c.aggregate_key_bytes, c.dedup_key_bytes, c.request_id_bytes, c.traceparent_bytes,
-                   octet_length(c.payload_text)::bigint + coalesce(octet_length(c.headers_text), 0) + c.event_type_bytes
-                     + c.dedup_key_bytes + coalesce(c.aggregate_key_bytes, c.dedup_key_bytes)
-                     + coalesce(c.request_id_bytes, 0) + coalesce(c.traceparent_bytes, 0) AS record_bytes
+          ), texts AS (
+            -- The record's text columns: the key, and the columns that become headers
+            -- (dedup_key counted again when it is the key).
+            SELECT c.*, c.event_type_bytes + c.dedup_key_bytes + coalesce(c.aggregate_key_bytes, c.dedup_key_bytes)
+                          + coalesce(c.request_id_bytes, 0) + coalesce(c.traceparent_bytes, 0) AS text_bytes
               FROM candidates c
-             WHERE c.aggregate_key IS NULL
+          ), eligible AS MATERIALIZED (
+            -- The JSON text is made once, here, so its size can be checked before it is sent:
+            -- only for the rows this claim takes, and not at all when the text columns alone are
+            -- too large (printing a 17 MiB jsonb takes a second of the lease on a busy server).
+            SELECT t.id, t.locked_by AS previous_owner, t.event_type_bytes, t.aggregate_key_bytes, t.dedup_key_bytes,
+                   t.request_id_bytes, t.traceparent_bytes, t.text_bytes,
+                   CASE WHEN t.text_bytes <= ${maxBytes} THEN t.payload::text END AS payload_text,
+                   CASE WHEN t.text_bytes <= ${maxBytes} THEN t.headers::text END AS headers_text,
+                   pg_column_size(t.payload)::bigint AS payload_stored, pg_column_size(t.headers)::bigint AS headers_stored
+              FROM texts t
+             WHERE t.aggregate_key IS NULL
                 OR NOT EXISTS (
                   SELECT 1 FROM outbox_event older
-                   WHERE older.aggregate_key = c.aggregate_key
-                     AND older.id < c.id
+                   WHERE older.aggregate_key = t.aggregate_key
+                     AND older.id < t.id
                      AND older.status IN ('NEW', 'FAILED')
                      AND older.id NOT IN (SELECT id FROM candidates)
                      -- coalesce: an unleased older row (NULLs) must count as blocking, not as unknown.
                      AND NOT coalesce(older.locked_by = ${me} AND older.locked_until > now(), false))
+          ), measured AS (
+            -- The whole record. Every column counts: any one of them can be too large for
+            -- PostgreSQL's client (16 MiB) or for Kafka. JSON that was not printed counts by its
+            -- stored size (the row is too large anyway).
+            SELECT e.*, coalesce(octet_length(e.payload_text), e.payload_stored) AS payload_bytes,
+                   coalesce(octet_length(e.headers_text), e.headers_stored) AS headers_bytes,
+                   e.text_bytes + coalesce(octet_length(e.payload_text), e.payload_stored)
+                     + coalesce(octet_length(e.headers_text), e.headers_stored) AS record_bytes
+              FROM eligible e
           )
           UPDATE outbox_event o
              SET locked_by = ${me}, locked_until = now() + make_interval(secs => ${leaseSeconds})
-            FROM eligible e
+            FROM measured e
            WHERE o.id = e.id
           RETURNING o.id::text AS id, o.event_id::text AS event_id,
                     -- A row too large to carry is claimed without its content and without any

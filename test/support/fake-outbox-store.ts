@@ -5,7 +5,6 @@
  * Time is the Effect Clock, so under TestClock leases expire and retries come due when the
  * simulation says. Every instance gets a view with its own name over one shared table.
  */
-import { createHash } from "node:crypto"
 import { Clock, Effect, Layer, Ref, Stream } from "effect"
 import { RelayConfig } from "../../src/config/config.ts"
 import { DatabaseError, type DeadReason } from "../../src/domain/errors.ts"
@@ -98,9 +97,8 @@ const measureRecord = (row: FakeRow): Oversize => {
   return { bytes: total, column: largest[0] }
 }
 
-/** As the claim's stand-in in SQL: the first 64 characters, the size and an md5 of the whole. */
-const standIn = (value: string) =>
-  `${[...value].slice(0, 64).join("")}… (${bytes(value)} bytes, md5 ${createHash("md5").update(value).digest("hex")})`
+/** As the claim's stand-in in SQL: the first 64 characters and the size. */
+const standIn = (value: string) => `${[...value].slice(0, 64).join("")}… (${bytes(value)} bytes)`
 
 /** One instance's OutboxStore over the shared table: needs RelayConfig and InstanceId, like the real one. */
 export const fakeOutboxStoreLayer = (db: FakeDatabase) =>

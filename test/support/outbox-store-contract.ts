@@ -211,11 +211,11 @@ export const outboxStoreContract = (test: Register) => {
         expect(big.oversize?.column).toBe(column)
         expect(big.oversize!.bytes).toBeGreaterThan(huge.length)
         expect([big.payload, big.headers]).toEqual(["null", "{}"])
-        // Nothing of the column comes whole: a prefix, its size and an md5 stand in for it.
+        // Nothing of the column comes whole: a prefix and its size stand in for it.
         const fetched = read(big) ?? ""
         expect(fetched.length).toBeLessThan(200)
         if (column !== "payload" && column !== "headers") {
-          expect(fetched).toMatch(new RegExp(`^.-h{62}… \\(${huge.length + 2} bytes, md5 [0-9a-f]{32}\\)$`))
+          expect(fetched).toBe(`${fetched[0]}-${"h".repeat(62)}… (${huge.length + 2} bytes)`)
         }
         expect([before.oversize, after.oversize]).toEqual([null, null])
       }))
