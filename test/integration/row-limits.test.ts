@@ -148,7 +148,11 @@ describe("row limits", () => {
                     VALUES ${[1, 2, 3].map(row).join(", ")}`),
       )
       const [dead, failed, sent] = yield* store.claimDue(10)
-      expect(yield* store.markDead([{ ...dead!, reason: "attempts_exhausted", error: "e".repeat(ROW_LIMITS.lastErrorChars) }])).toEqual({
+      expect(
+        yield* store.markDead([
+          { ...dead!, reason: "attempts_exhausted", error: "e".repeat(ROW_LIMITS.lastErrorChars), countsAttempt: true },
+        ]),
+      ).toEqual({
         marked: [dead!.id],
         lost: [],
       })
@@ -156,7 +160,11 @@ describe("row limits", () => {
       // A FAILED mark keeps the row pending: its count must stay within the pending bound, so the
       // relay only ever fails a row below MAX_ATTEMPTS (≤ 1,000); here, one below the bound.
       yield* withSql(db.url, (sql) => sql`UPDATE outbox_event SET attempts = attempts - 1 WHERE id = ${failed!.id}::bigint`)
-      expect(yield* store.markFailed([{ ...failed!, error: "e".repeat(ROW_LIMITS.lastErrorChars), retryInMs: 0 }])).toEqual({
+      expect(
+        yield* store.markFailed([
+          { ...failed!, error: "e".repeat(ROW_LIMITS.lastErrorChars), retryInMs: 0, countsAttempt: true, deadReason: null },
+        ]),
+      ).toEqual({
         marked: [failed!.id],
         lost: [],
       })
