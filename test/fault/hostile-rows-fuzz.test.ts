@@ -17,9 +17,9 @@
  *
  * `FUZZ_SEED=n` replays one seed; `FUZZ_SEEDS=k` runs k seeds from FUZZ_FIRST_SEED (default: one
  * seed from the clock, printed); `FUZZ_HOSTILE_ROWS` and `FUZZ_NORMAL_ROWS` size a run.
- * `FUZZ_UNMARKABLE=1` adds the rows PostgreSQL refuses to mark (a 10 kB or 17 MiB event_type, attempts
- * at the integer limit: possible only with the bounds dropped); they settle only once a refused
- * mark costs only its row.
+ * The generator includes rows PostgreSQL refuses to mark (a 10 kB or 17 MiB event_type, attempts at
+ * the integer limit: possible only with the bounds dropped), which settle DEAD `unmarkable` since a
+ * refused mark costs only its row; `FUZZ_UNMARKABLE=0` leaves them out.
  */
 import { describe, expect, it } from "vitest"
 import { faultOfSqlState, sqlStateOf } from "../../src/domain/database-fault.ts"
@@ -37,7 +37,7 @@ const firstSeed = Number(process.env.FUZZ_FIRST_SEED ?? Date.now() % 1_000_000)
 const seeds = single !== undefined ? [single] : Array.from({ length: seedCount }, (_, i) => firstSeed + i)
 const HOSTILE_ROWS = Number(process.env.FUZZ_HOSTILE_ROWS ?? 40)
 const NORMAL_ROWS = Number(process.env.FUZZ_NORMAL_ROWS ?? 200)
-const UNMARKABLE = process.env.FUZZ_UNMARKABLE === "1"
+const UNMARKABLE = process.env.FUZZ_UNMARKABLE !== "0"
 
 const MiB17 = 17 * 1024 * 1024
 const MAPPED = ["search_click", "ac_select"]
@@ -180,16 +180,30 @@ const hostileRow = (rng: Rng, n: number, seed: number, duplicateEventId: string)
       [10, "NULL, NULL"],
       [1, "'ghost', now() - interval '1 second'"],
       [1, "'ghost', now() + interval '2 seconds'"],
+      [1, `repeat('g', ${MiB17}), now() - interval '1 second'`],
       [1, `'ghost', ${FAR}`, ["waits"]],
       [1, "'ghost', 'infinity'", ["waits"]],
       [1, `NULL, ${FAR}`, ["waits"]],
     ],
+    // What the relay writes itself, and now reads back for a row waiting for its dead letter.
+    dead: [
+      [10, "NULL, NULL"],
+      [1, "'message_too_large', 'an earlier error'"],
+      [1, "'no_such_reason', NULL"],
+      [1, `repeat('z', 100000), repeat('l', ${MiB17})`],
+      [1, `NULL, repeat('l', ${MiB17})`],
+    ],
   }
+  // One to three columns hostile, the others as a service writes them: a row with every column
+  // at an extreme is refused for its first one, and would hide what the others do.
+  const hostileColumns = new Set<string>()
+  const names = Object.keys(columns)
+  for (let k = rng.int(1, 3); hostileColumns.size < k; ) hostileColumns.add(rng.pick(names))
   const values: Record<string, string> = {}
   const tags = new Set<Tag>()
   const unusual: Array<string> = []
   for (const [column, choices] of Object.entries(columns)) {
-    const [, sql, t] = draw(rng, choices)
+    const [, sql, t] = hostileColumns.has(column) ? draw(rng, choices.slice(1)) : choices[0]!
     values[column] = sql
     for (const tag of t ?? []) tags.add(tag)
     if (sql !== choices[0]![1]) unusual.push(`${column}=${sql.length > 60 ? `${sql.slice(0, 57)}...` : sql}`)
@@ -200,9 +214,9 @@ const hostileRow = (rng: Rng, n: number, seed: number, duplicateEventId: string)
 const insertHostile = (row: HostileRow) => {
   const v = row.values
   return `INSERT INTO outbox_event (event_id, dedup_key, event_type, aggregate_key, payload, headers, request_id, traceparent,
-                                    attempts, status, next_attempt_at, locked_by, locked_until)
+                                    attempts, status, next_attempt_at, locked_by, locked_until, dead_reason, last_error)
           VALUES (${v.event_id}, ${v.dedup_key}, ${v.event_type}, ${v.aggregate_key}, ${v.payload}, ${v.headers}, ${v.request_id},
-                  ${v.traceparent}, ${v.attempts}, ${v.status}, ${v.next_attempt_at}, ${v.lease})
+                  ${v.traceparent}, ${v.attempts}, ${v.status}, ${v.next_attempt_at}, ${v.lease}, ${v.dead})
           RETURNING id::text AS id`
 }
 

@@ -63,7 +63,7 @@ const settleNormal = async (s: Scenario, st: Stage, isHostile: (dedupKey: string
 }
 
 describe("rows beyond the table's bounds", () => {
-  it("with the bounds dropped, a 17 MiB request_id, traceparent or headers, or an aggregate_key or dedup_key too large to carry, costs only its row", async () => {
+  it("with the bounds dropped, a 17 MiB request_id, traceparent, event_type or headers, or an aggregate_key or dedup_key too large to carry, costs only its row", async () => {
     const s = new Scenario("17 MiB columns")
     const st = await stage(s, { label: "huge-columns", mappedTypes: ["search_click", "ac_select"] })
     await dropRowLimits(st.db)
@@ -88,6 +88,14 @@ describe("rows beyond the table's bounds", () => {
         insert: `('huge-headers', 'search_click', 'hk-headers', '{}', jsonb_build_object('h', repeat('h', ${MiB17})), NULL, NULL)`,
       },
       {
+        // Its dead letter goes out; its DEAD mark is refused (no index entry holds a 17 MiB
+        // event_type), so the row is settled DEAD `unmarkable`, within the bounds.
+        label: "huge-event-type",
+        column: "event_type",
+        aggregateKey: "hk-type",
+        insert: `('huge-event-type', repeat('e', ${MiB17}), 'hk-type', '{}', '{}', NULL, NULL)`,
+      },
+      {
         label: "huge-aggregate-key",
         column: "aggregate_key",
         aggregateKey: `hk-${"k".repeat(150_000)}`,
@@ -109,7 +117,7 @@ describe("rows beyond the table's bounds", () => {
       )
     }
     // Later events of the hostile rows' keys (but the 150 kB one, whose rows would all be too large).
-    const hostileKeys = ["hk-request", "hk-trace", "hk-headers", "hk-dedup"]
+    const hostileKeys = ["hk-request", "hk-trace", "hk-headers", "hk-type", "hk-dedup"]
     await write(st, [...hostileKeys.flatMap((k) => followers(k, 5)), ...background("after", 230)])
     // PostgreSQL itself refuses what no index can hold: a 17 MiB key never reaches the table.
     for (const column of ["aggregate_key", "dedup_key"]) {
@@ -137,12 +145,13 @@ describe("rows beyond the table's bounds", () => {
 
     const { rows, messages } = await settleNormal(s, st, isHostile)
     const dead = rows.filter((r) => isHostile(r.dedup_key))
-    expect(dead.map((r, i) => [r.dedup_key.slice(0, hostile[i]?.label.length), r.status, r.dead_reason, r.attempts])).toEqual(
-      hostile.map((h) => [h.label, "DEAD", "message_too_large", 1]),
+    expect(dead.map((r, i) => [r.dedup_key.slice(0, hostile[i]?.label.length), r.status, r.dead_reason])).toEqual(
+      hostile.map((h) => [h.label, "DEAD", h.column === "event_type" ? "unmarkable" : "message_too_large"]),
     )
     const letters = messages.filter((m: KafkaMessage) => m.topic === st.topics.dlq)
     for (const [i, h] of hostile.entries()) {
-      expect(dead[i]!.last_error, h.label).toContain(`its largest column is ${h.column}`)
+      if (h.column === "event_type") expect(dead[i]!.last_error, h.label).toContain("SQLSTATE 54000")
+      else expect(dead[i]!.last_error, h.label).toContain(`its largest column is ${h.column}`)
       const letter = letters.filter((m) => m.headers["dlq.oversize_column"] === h.column)
       expect(letter, h.label).toHaveLength(1)
       expect(letter[0]!.value).toBeNull()
@@ -154,7 +163,7 @@ describe("rows beyond the table's bounds", () => {
     expect(rows.filter((r) => !isHostile(r.dedup_key)).every((r) => r.status === "SENT")).toBe(true)
     // A hostile row's key went on only after its dead letter was on the DLQ.
     for (const key of hostileKeys) {
-      const letter = letters.find((m) => m.headers.event_type === "search_click" && m.key === key)
+      const letter = letters.find((m) => m.key === key)
       expect(letter, key).toBeDefined()
       for (const f of followers(key, 5)) {
         const arrival = messages.find((m) => m.headers.dedup_key === f.dedupKey)
