@@ -12,7 +12,7 @@ const event = (over: Partial<ClaimedEvent> = {}): ClaimedEvent => ({
   aggregateKey: "session-9",
   payload: '{"q":"shoes"}',
   headers: "{}",
-  oversizeBytes: null,
+  oversize: null,
   requestId: "req-1",
   traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
   attempts: 0,
