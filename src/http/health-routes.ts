@@ -1,7 +1,9 @@
 /**
  * GET /healthz: is the relay loop alive and turning (a cycle completed recently)?
- * GET /readyz: are PostgreSQL and Kafka reachable now (live checks, short timeouts)? It also
- * shows whether spans reach the tracing backend, without letting that decide readiness.
+ * GET /readyz: are PostgreSQL and Kafka reachable now (live checks, short timeouts)? And is
+ * anything waiting on an operator (dead letters whose topic is missing, rows stuck beyond the
+ * settings: "degraded", from the backlog gauges' last read)?
+ * It also shows whether spans reach the tracing backend, without letting that decide readiness.
  * Both answer JSON, 200 or 503.
  */
 import { Clock, Duration, Effect, Ref } from "effect"
@@ -10,6 +12,8 @@ import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import { Publisher } from "../kafka/publisher.ts"
 import { describeKafkaProblem } from "../kafka/startup-check.ts"
+import { degradedReport } from "../ops/backlog-problems.ts"
+import { OutboxBacklog } from "../outbox/backlog.ts"
 import { sqlErrorMessage } from "../outbox/sql-error.ts"
 import { RelayState } from "../relay/relay-state.ts"
 import { TraceExportHealth } from "../telemetry/trace-export-health.ts"
@@ -56,6 +60,7 @@ export const HealthRoutes = HttpRouter.use((router) =>
     const state = yield* RelayState
     const config = yield* RelayConfig
     const checks = yield* dependencyChecks
+    const backlog = yield* OutboxBacklog
     const tracing = yield* TraceExportHealth
     // Until the first cycle, the loop's age counts from here: a starting relay is not a stalled one.
     const startedAt = yield* Clock.currentTimeMillis
@@ -92,7 +97,13 @@ export const HealthRoutes = HttpRouter.use((router) =>
         const stopping = yield* Ref.get(state.stopping)
         // Tracing is shown, never counted: a failing backend must not stop relaying.
         const ready = results.database.ok && results.kafka.ok && !stopping
-        return json({ status: ready ? "ready" : "not_ready", stopping, checks: results, tracing: yield* tracing.status }, ready ? 200 : 503)
+        // Degraded is still 200: the relay goes on with every key the problem does not touch,
+        // and a 503 would take it out of service discovery (and its metrics out of scrapes)
+        // exactly when the operator needs them, without fixing anything. The reasons say what to do.
+        const degraded = degradedReport(yield* backlog.latest, config)
+        const status = !ready ? "not_ready" : degraded.length > 0 ? "degraded" : "ready"
+        // Tracing is shown, never counted: a failing backend must not stop relaying.
+        return json({ status, stopping, checks: results, degraded, tracing: yield* tracing.status }, ready ? 200 : 503)
       }),
     )
   }),
