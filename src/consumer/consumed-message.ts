@@ -126,6 +126,42 @@ export const headerProblem = (message: ConsumedMessage): UnprocessableMessage | 
   return undefined
 }
 
+/** How much a message's headers may carry: kafkajs has decoded them already, but the consumer takes no more. */
+export interface HeaderBounds {
+  readonly maxHeaders: number
+  readonly maxHeaderBytes: number
+}
+
+/** Why a message's headers are more than the consumer accepts, if they are (a repeated header counts each time). */
+export const headerBoundsProblem = (message: ConsumedMessage, bounds: HeaderBounds): UnprocessableMessage | undefined => {
+  let count = 0
+  let bytes = 0
+  for (const [name, value] of Object.entries(message.raw.headers)) {
+    for (const v of Array.isArray(value) ? value : [value]) {
+      count++
+      bytes += Buffer.byteLength(name) + (v === undefined ? 0 : Buffer.byteLength(v))
+    }
+  }
+  if (count > bounds.maxHeaders) {
+    return new UnprocessableMessage({
+      reason: "oversized_headers",
+      message: `${count} headers, more than maxHeaders (${bounds.maxHeaders})`,
+    })
+  }
+  if (bytes > bounds.maxHeaderBytes) {
+    return new UnprocessableMessage({
+      reason: "oversized_headers",
+      message: `headers of ${bytes} bytes, more than maxHeaderBytes (${bounds.maxHeaderBytes})`,
+    })
+  }
+  return undefined
+}
+
+/** What a log line carries of a key at most: a key of a megabyte must not become a megabyte per log line. */
+export const MAX_LOGGED_KEY_CHARS = 200
+export const loggedKey = (key: string | undefined): string =>
+  key === undefined ? "" : key.length > MAX_LOGGED_KEY_CHARS ? `${key.slice(0, MAX_LOGGED_KEY_CHARS)}…(${key.length} chars)` : key
+
 /** The relay's dedup_key header: the event's business identity, stable across rewrites and replays. */
 export const dedupKeyHeader = (message: ConsumedMessage): string | undefined => {
   const key = message.headers.dedup_key

@@ -15,10 +15,11 @@
  * The batch resumes its partition when it ends; kafkajs then fetches from the last
  * resolved (settled) offset.
  */
-import { Deferred, type Duration, Effect, Ref, Schedule, Semaphore } from "effect"
+import { Clock, Deferred, Duration, Effect, Metric, Ref, Schedule, Semaphore } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { EachBatchPayload } from "kafkajs"
 import { type ConsumedMessage, fromKafkaMessage } from "./consumed-message.ts"
+import { consumerOldestInFlight } from "./consumer-stats.ts"
 import type { GroupMembership, MembershipTerm } from "./group-membership.ts"
 import type { MessageOutcome } from "./process-message.ts"
 
@@ -29,7 +30,13 @@ export interface BatchRunner<R> {
   /** True once the consumer is shutting down: finish the message in flight, commit, return. */
   readonly isStopping: () => boolean
   readonly commitInterval: Duration.Duration
+  readonly consumerGroup: string
+  /** A message in flight longer than this is logged once, at WARN. */
+  readonly slowMessageWarning: Duration.Duration
 }
+
+/** How often the age of the message in flight is published (the gauge) and checked against the warning. */
+const IN_FLIGHT_WATCH_INTERVAL = Duration.seconds(1)
 
 // Errors kafkajs' heartbeat reports when this member must rejoin: its partitions are gone.
 const LOST_MEMBERSHIP = new Set([
@@ -86,10 +93,35 @@ export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
     }).pipe(Semaphore.withPermit(commitLock))
     yield* Effect.sleep(runner.commitInterval).pipe(Effect.andThen(commit), Effect.forever, Effect.forkScoped)
 
+    // The message in flight and since when: a stuck handler is seen on the gauge and in the
+    // log while it is stuck, not only as lag once someone looks.
+    const inFlight = yield* Ref.make<{ readonly offset: string; readonly since: number; warned: boolean } | undefined>(undefined)
+    const oldestInFlight = Metric.withAttributes(consumerOldestInFlight, {
+      consumer_group: runner.consumerGroup,
+      topic: batch.topic,
+      partition: String(batch.partition),
+    })
+    const slowAfterMs = Duration.toMillis(runner.slowMessageWarning)
+    const watchInFlight = Effect.gen(function* () {
+      const current = yield* Ref.get(inFlight)
+      const ageMs = current === undefined ? 0 : (yield* Clock.currentTimeMillis) - current.since
+      yield* Metric.update(oldestInFlight, ageMs / 1000)
+      if (current !== undefined && !current.warned && ageMs >= slowAfterMs) {
+        current.warned = true
+        yield* Effect.logWarning("message in flight longer than slowMessageWarning; its partition waits behind it").pipe(
+          Effect.annotateLogs({ topic: batch.topic, partition: batch.partition, offset: current.offset, in_flight_ms: ageMs }),
+        )
+      }
+    })
+    yield* Effect.addFinalizer(() => Metric.update(oldestInFlight, 0))
+    yield* Effect.sleep(IN_FLIGHT_WATCH_INTERVAL).pipe(Effect.andThen(watchInFlight), Effect.forever, Effect.forkScoped)
+
     for (const kafkaMessage of batch.messages) {
       if (runner.isStopping() || (yield* isRevoked) || !payload.isRunning() || payload.isStale()) break
       const message = fromKafkaMessage(batch.topic, batch.partition, kafkaMessage)
+      yield* Ref.set(inFlight, { offset: kafkaMessage.offset, since: yield* Clock.currentTimeMillis, warned: false })
       const outcome = yield* runner.processMessage(message).pipe(Effect.raceFirst(Deferred.await(revoked).pipe(Effect.as(undefined))))
+      yield* Ref.set(inFlight, undefined)
       if (outcome === undefined) break
       yield* runner.afterMessage(outcome)
       payload.resolveOffset(kafkaMessage.offset)
