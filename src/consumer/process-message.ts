@@ -67,10 +67,27 @@ export interface MessageProcessor<A, E, R> {
 const describe = (cause: Cause.Cause<unknown>): string => {
   try {
     const error = Cause.squash(cause)
-    const text = error instanceof Error ? error.message : typeof error === "string" ? error : String(error)
+    const text =
+      error instanceof Error
+        ? error.message
+        : typeof error === "string"
+          ? error
+          : typeof error === "object" && error !== null
+            ? (JSON.stringify(error) ?? String(error))
+            : String(error)
     return publicErrorText(text)
   } catch {
     return "the handler failed with a value that cannot be described"
+  }
+}
+
+/** The failure, keeping what was thrown when it is an Error. */
+const handlerFailed = (message: string, thrown: unknown): HandlerFailed => {
+  try {
+    // Only an Error is kept: anything else (a Proxy whose traps throw) would throw wherever it is read later, outside the handler.
+    return new HandlerFailed({ message, cause: thrown instanceof Error ? thrown : undefined })
+  } catch {
+    return new HandlerFailed({ message, cause: undefined })
   }
 }
 
@@ -106,7 +123,13 @@ const runHandler = <A, E, R>(
   onTimeout: Effect.Effect<void>,
 ): Effect.Effect<void, HandlerFailed, R> => {
   const attempt = Effect.suspend((): Effect.Effect<void, E | HandlerFailed, R> => {
-    const returned: unknown = handler(event)
+    let returned: unknown
+    try {
+      returned = handler(event)
+    } catch (thrown) {
+      // Caught here, not left to the runtime: a thrown value whose traps throw (a Proxy) must still be the handler's failure.
+      return Effect.fail(handlerFailed(describe(Cause.die(thrown)), thrown))
+    }
     return Effect.isEffect(returned)
       ? (returned as Effect.Effect<void, E, R>)
       : Effect.fail(new HandlerFailed({ message: `the handler returned ${kindOf(returned)}, not an Effect`, cause: undefined }))
@@ -131,9 +154,7 @@ const runHandler = <A, E, R>(
     Effect.catchCause((cause) => {
       if (Cause.hasInterruptsOnly(cause)) return Effect.interrupt
       const failure = cause.reasons.find(Cause.isFailReason)?.error
-      return failure instanceof HandlerFailed
-        ? Effect.fail(failure)
-        : Effect.fail(new HandlerFailed({ message: describe(cause), cause: squashed(cause) }))
+      return failure instanceof HandlerFailed ? Effect.fail(failure) : Effect.fail(handlerFailed(describe(cause), squashed(cause)))
     }),
   )
 }
