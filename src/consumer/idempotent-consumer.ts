@@ -17,6 +17,7 @@ import { type ConsumerStats, makeStatsRecorder } from "./consumer-stats.ts"
 import { type DeadLetterRecord, routeToDeadLetter } from "./dead-letter-route.ts"
 import { ConsumerKafkaError, InboxTableMissing, InvalidConsumerOptions } from "./errors.ts"
 import { type MembershipTerm, makeGroupMembership } from "./group-membership.ts"
+import type { PartitionBatch } from "./group-port.ts"
 import { deleteExpiredInboxKeys, inboxCleanupLoop } from "./inbox-cleanup.ts"
 import { type CommittedOffset, inboxTableExists } from "./inbox-table.ts"
 import { kafkajsHeaderDecoderPatched } from "./kafkajs-header-decoder.ts"
@@ -242,7 +243,7 @@ export const makeIdempotentConsumer = <A, E, R>(
       }),
     )
 
-    const processBatch = processPartitionBatch<R>({
+    const processBatch = processPartitionBatch<R | SqlClient.SqlClient>({
       processMessage: processMessage({
         consumerGroup: groupId,
         handler: options.handler,
@@ -269,7 +270,7 @@ export const makeIdempotentConsumer = <A, E, R>(
     const partitionLimit =
       options.partitionsConsumedConcurrently === undefined ? undefined : yield* Semaphore.make(options.partitionsConsumedConcurrently)
     const eachBatch = handOffBatch({
-      run: (payload: EachBatchPayload, term: MembershipTerm) =>
+      run: (payload: PartitionBatch, term: MembershipTerm) =>
         runBatch(
           partitionLimit === undefined
             ? processBatch(payload, term)

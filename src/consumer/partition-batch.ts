@@ -16,15 +16,14 @@
  * resolved (settled) offset.
  */
 import { Clock, Deferred, Duration, Effect, Metric, Ref, Schedule, Semaphore } from "effect"
-import type { SqlClient } from "effect/sql"
-import type { EachBatchPayload } from "kafkajs"
 import { type ConsumedMessage, fromKafkaMessage } from "./consumed-message.ts"
 import { consumerOldestInFlight } from "./consumer-stats.ts"
 import type { GroupMembership, MembershipTerm } from "./group-membership.ts"
+import type { PartitionBatch } from "./group-port.ts"
 import type { MessageOutcome } from "./process-message.ts"
 
 export interface BatchRunner<R> {
-  readonly processMessage: (message: ConsumedMessage) => Effect.Effect<MessageOutcome, never, R | SqlClient.SqlClient>
+  readonly processMessage: (message: ConsumedMessage) => Effect.Effect<MessageOutcome, never, R>
   /** Called once a message is settled, before its offset is committed. */
   readonly afterMessage: (outcome: MessageOutcome) => Effect.Effect<void>
   /** True once the consumer is shutting down: finish the message in flight, commit, return. */
@@ -52,7 +51,7 @@ const lostMembership = (error: unknown): boolean =>
 const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error))
 
 export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
-  Effect.fn("IdempotentConsumer.processBatch")(function* (payload: EachBatchPayload, term: MembershipTerm) {
+  Effect.fn("IdempotentConsumer.processBatch")(function* (payload: PartitionBatch, term: MembershipTerm) {
     const { batch } = payload
     const revoked = yield* Deferred.make<void>()
     // A rebalance that kafkajs handled on its own (fetch loop, rejoin) revokes this batch too.
@@ -137,10 +136,10 @@ export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
 
 export interface BatchHandOff {
   /** Runs the batch as a fiber of the consumer (a stop waits for it); the promise settles when it ends. */
-  readonly run: (payload: EachBatchPayload, term: MembershipTerm) => Promise<void>
+  readonly run: (payload: PartitionBatch, term: MembershipTerm) => Promise<void>
   readonly membership: GroupMembership
   readonly isStopping: () => boolean
-  readonly onBatchDefect: (error: unknown, payload: EachBatchPayload) => void
+  readonly onBatchDefect: (error: unknown, payload: PartitionBatch) => void
 }
 
 /** kafkajs' `eachBatch`: pauses the partition, starts its batch, returns without waiting for it. */
@@ -148,7 +147,7 @@ export const handOffBatch = (handOff: BatchHandOff) => {
   // The batch running per partition: a new batch of one waits for the last one to end, so
   // one partition never has two batches at once (its last owner term may still be winding down).
   const running = new Map<string, Promise<void>>()
-  return async (payload: EachBatchPayload): Promise<void> => {
+  return async (payload: PartitionBatch): Promise<void> => {
     if (handOff.isStopping()) return
     // The term the batch was fetched in: if a rebalance comes before its fiber starts, it starts revoked.
     const term = handOff.membership.currentTerm()
