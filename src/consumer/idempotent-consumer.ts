@@ -9,7 +9,7 @@
  */
 import { Context, Deferred, Duration, Effect, FiberSet, Layer, type Schema, type Scope, Semaphore } from "effect"
 import type { SqlClient, SqlError } from "effect/sql"
-import type { ConsumerConfig, EachBatchPayload, KafkaConfig, LogEntry } from "kafkajs"
+import type { ConsumerConfig, KafkaConfig, LogEntry } from "kafkajs"
 import type { BackoffPolicy } from "../domain/backoff.ts"
 import { Kafka, KafkaLogLevel, Partitioners } from "../kafka/kafkajs.ts"
 import { type ConsumedEvent, type ConsumedMessage, dedupKeyHeader } from "./consumed-message.ts"
