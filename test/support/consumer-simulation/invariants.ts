@@ -34,7 +34,9 @@ export const checkConsumerInvariants = (r: SimResult): ReadonlyArray<Violation> 
         ? "cleanup never deletes a key whose offset is not committed"
         : v.startsWith("a stuck message")
           ? "a stuck message stalls only its partition"
-          : "no defect escapes a batch; commits never go backwards"
+          : v.startsWith("two messages")
+            ? "each partition is processed in order, one message at a time"
+            : "no defect escapes a batch; commits never go backwards"
     out.push({ invariant, detail: v })
   }
   return out

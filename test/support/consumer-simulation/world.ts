@@ -99,6 +99,8 @@ interface World {
   readonly attempts: Map<string, number>
   /** Keys inside a transaction now (their row lock is held). */
   readonly busy: Set<string>
+  /** member/partition pairs with a message being processed. */
+  readonly inFlight: Set<string>
   /** Keys the cleanup deleted. */
   readonly deleted: Set<string>
   outage: boolean
@@ -107,11 +109,16 @@ interface World {
 
 /** The inbox transaction of one message, as PostgreSQL runs it: row lock on the key, insert or skip, effects, COMMIT. */
 const processMessage =
-  (w: World, scenario: Scenario) =>
+  (w: World, scenario: Scenario, memberId: string) =>
   (message: { readonly partition: number; readonly offset: string; readonly headers: Readonly<Record<string, string>> }) =>
     Effect.gen(function* () {
       const key = message.headers.dedup_key!
       const offset = Number(message.offset)
+      // One member processes a partition in order: never two of its messages at once.
+      const slot = `${memberId}/${message.partition}`
+      if (w.inFlight.has(slot)) w.violations.push(`two messages of partition ${message.partition} in flight at once in ${memberId}`)
+      w.inFlight.add(slot)
+      yield* Effect.addFinalizer(() => Effect.sync(() => w.inFlight.delete(slot)))
       const lock = w.keyLocks.get(key) ?? (yield* Semaphore.make(1))
       w.keyLocks.set(key, lock)
       let failures = 0
@@ -160,7 +167,7 @@ const processMessage =
         }
         yield* Effect.sleep(RETRY_MS)
       }
-    })
+    }).pipe(Effect.scoped)
 
 /** The cleanup rule: older than the retention, and the key's delivery below the group's committed offset. */
 const cleanup = (w: World) =>
@@ -207,6 +214,7 @@ export const simulate = (seed: number): Effect.Effect<SimResult> =>
       violations: [],
       attempts: new Map(),
       busy: new Set(),
+      inFlight: new Set(),
       deleted: new Set(),
       outage: false,
       stuckReleased: yield* Deferred.make<void>(),
@@ -243,7 +251,7 @@ export const simulate = (seed: number): Effect.Effect<SimResult> =>
         eachBatch: () => Promise.resolve(),
       }
       const processBatch = processPartitionBatch<never>({
-        processMessage: (message) => processMessage(w, scenario)(message) as Effect.Effect<MessageOutcome>,
+        processMessage: (message) => processMessage(w, scenario, id)(message) as Effect.Effect<MessageOutcome>,
         afterMessage: () => Effect.void,
         isStopping: () => r.stopping,
         commitInterval: Duration.millis(scenario.commitIntervalMs),
