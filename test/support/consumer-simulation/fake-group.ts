@@ -84,6 +84,9 @@ export class FakeGroup {
       m.membership.endTerm()
       m.assigned = new Set()
       m.position.clear()
+      // The new assignment starts unpaused (the hostile reading of kafkajs): a batch of the last
+      // term may still be winding down when the partition is fetched again.
+      m.paused = new Set()
     }
     this.logs.forEach((_, p) => {
       const owner = live[p % Math.max(1, live.length)]
