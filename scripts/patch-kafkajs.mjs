@@ -19,8 +19,9 @@
  * Which kafkajs: the one this package's code resolves (require.resolve from here), wherever
  * npm put it. When outbox-relay is itself installed as a dependency, kafkajs is a peer: the
  * resolved copy is the service's own, shared with the service's code. That copy is left alone
- * unless OUTBOX_RELAY_PATCH_KAFKAJS=1 asks for it (the relay and the consumer work unpatched;
- * the patch only saves CPU when publishing at high rates), and the script says so in one line.
+ * unless OUTBOX_RELAY_PATCH_KAFKAJS=1 asks for it (the relay works unpatched, the encoder
+ * patches only save CPU; the consumer needs the decoder patch against messages with thousands
+ * of headers, and logs a WARN at start without it), and the script says so in one line.
  * Every outcome prints one line naming the kafkajs it looked at: nothing reads as "patched"
  * unless the files were written. (The consumer logs a WARN at start when the decoder is not
  * patched, so the opt-in is not missed.)
@@ -146,7 +147,8 @@ const main = () => {
   if (asDependency && process.env[OPT_IN] !== "1") {
     say(
       `outbox-relay is installed as a dependency: kafkajs ${version} at ${root} is your project's own copy, left unpatched ` +
-        `(works as is; the patch only saves CPU when publishing). To patch it: ${OPT_IN}=1 node ${join(packageRoot, "scripts", "patch-kafkajs.mjs")}`,
+        `(the relay works as is; a consumer should have it: unpatched, a message with thousands of headers takes minutes to decode). ` +
+        `To patch it: ${OPT_IN}=1 node ${join(packageRoot, "scripts", "patch-kafkajs.mjs")}`,
     )
     process.exit(0)
   }
