@@ -111,7 +111,7 @@ export const settings = {
   }),
   maxRecordBytes: Settings.int(
     "MAX_RECORD_BYTES",
-    "Largest event relayed (payload and headers as JSON text); a larger row is dead-lettered as message_too_large without being read. Keep it below the topics' max.message.bytes",
+    "Largest event relayed: its whole record (payload and headers as JSON text, key, and the text columns sent as headers); a larger row is dead-lettered as message_too_large without being read. Keep it below the topics' max.message.bytes",
     // PostgreSQL's client refuses a result row over 16 MiB: a claim must never fetch one.
     { min: 1024, max: 15_000_000, default: 1_000_000 },
   ),

@@ -2,7 +2,7 @@
 import { Result } from "effect"
 import { InvalidEvent } from "../domain/errors.ts"
 import { type TopicMap, topicFor } from "../domain/event-types.ts"
-import type { ClaimedEvent } from "../domain/outbox-event.ts"
+import type { ClaimedEvent, RecordColumn } from "../domain/outbox-event.ts"
 
 export interface OutboundRecord {
   readonly topic: string
@@ -68,7 +68,7 @@ export const buildRecord = (
   topics: TopicMap,
   maxRecordBytes: number = Number.POSITIVE_INFINITY,
 ): Result.Result<OutboundRecord, InvalidEvent> => {
-  if (event.oversizeBytes !== null) return Result.fail(tooLarge(event.oversizeBytes, maxRecordBytes))
+  if (event.oversize !== null) return Result.fail(tooLarge(event.oversize.bytes, maxRecordBytes, event.oversize.column))
   const topic = topicFor(topics, event.eventType)
   if (topic === undefined) {
     return Result.fail(
@@ -109,5 +109,8 @@ export const recordBytes = (record: OutboundRecord): number => {
   return n
 }
 
-const tooLarge = (bytes: number, limit: number) =>
-  new InvalidEvent({ reason: "message_too_large", message: `event is ${bytes} bytes, over MAX_RECORD_BYTES (${limit})` })
+const tooLarge = (bytes: number, limit: number, column?: RecordColumn) =>
+  new InvalidEvent({
+    reason: "message_too_large",
+    message: `event is ${bytes} bytes, over MAX_RECORD_BYTES (${limit})${column === undefined ? "" : `; its largest column is ${column}`}`,
+  })

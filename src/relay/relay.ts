@@ -15,6 +15,7 @@ import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import { Publisher } from "../kafka/publisher.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
 import { batchSize as batchSizeMetric, leaseTakeovers } from "../telemetry/metrics.ts"
+import { type LeaseKeeper, makeLeaseKeeper } from "./lease-keeper.ts"
 import { markOutcome } from "./mark-outcome.ts"
 import { makePipelineCoordinator, type PipelineCoordinator } from "./pipeline-coordinator.ts"
 import { type BatchOutcome, publishBatch } from "./publish-batch.ts"
@@ -31,6 +32,8 @@ interface Claimed {
 interface Published {
   readonly claimed: Claimed
   readonly outcome: BatchOutcome
+  /** The lease each row is held under after publishing (renewed while it waited and published). */
+  readonly leases: ReadonlyMap<string, string>
 }
 
 /** Not paused and not stopping. */
@@ -92,12 +95,12 @@ const claimBatch = Effect.fn("Relay.claimBatch")(function* (coordinator: Pipelin
   // Claiming and recording the leases happen together, so a stop in between cannot orphan one.
   const events = yield* Effect.uninterruptible(
     store.claimDue(config.batchSize, after).pipe(
-      Effect.tap((events) => coordinator.claimed(events)),
-      Effect.onError(() => coordinator.finished([])),
+      Effect.tap((events) => coordinator.claimed(sequence, events, claimedAt + config.leaseMs)),
+      Effect.onError(() => coordinator.finished(sequence)),
     ),
   )
   if (events.length === 0) {
-    yield* coordinator.finished([])
+    yield* coordinator.finished(sequence)
     yield* relayEvents.emit({ _tag: "ClaimedNothing" })
     return { events, claimedAt, sequence } satisfies Claimed
   }
@@ -164,45 +167,34 @@ const waitForKafka = Effect.gen(function* () {
 })
 
 /**
- * A batch that waited too long for its turn (Kafka was down, say) may no longer be ours by
- * the time it is sent: it is given back untried instead.
- */
-const leaseTooOld = (claimed: Claimed) =>
-  Effect.gen(function* () {
-    const config = yield* RelayConfig
-    return (yield* Clock.currentTimeMillis) - claimed.claimedAt > config.leaseMs - 2 * config.publishTimeoutMs
-  })
-
-/**
  * Publishes a claimed batch. After a batch found Kafka down, its outcome goes on to be marked
  * (FAILED, with backoff) at once, and the next batch waits here until a broker answers; the
  * full buffers then hold the claim stage back, so nothing else is claimed during the outage.
  */
-const publishClaimed = (coordinator: PipelineCoordinator) => (claimed: Claimed) =>
+const publishClaimed = (coordinator: PipelineCoordinator, keeper: LeaseKeeper) => (claimed: Claimed) =>
   Effect.gen(function* () {
     const state = yield* RelayState
     if (!(yield* Ref.get(state.kafkaReachable))) yield* waitForKafka
-    const outcome: BatchOutcome = (yield* leaseTooOld(claimed))
-      ? { sent: [], failed: [], dead: [], givenBack: claimed.events, kafkaUnavailable: false }
-      : yield* Effect.flatMap(coordinator.holdBackIn(claimed.sequence), (mustHoldBack) =>
-          publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey)).pipe(
-            Effect.tap((o) => coordinator.published([...o.sent, ...o.failed, ...o.dead].map((p) => p.event))),
-            Effect.uninterruptible,
-          ),
-        )
+    const mustHoldBack = yield* coordinator.holdBackIn(claimed.sequence)
+    // The budget gives the batch back untried if its leases could not be kept (lease-keeper.ts).
+    const budget = keeper.budgetFor(claimed.sequence)
+    const [outcome, leases] = yield* publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey), budget).pipe(
+      Effect.flatMap((o) => Effect.map(coordinator.published(claimed.sequence), (leases) => [o, leases] as const)),
+      Effect.uninterruptible,
+    )
     yield* coordinator.leftUnsent([...outcome.failed.map((f) => f.event.aggregateKey), ...outcome.givenBack.map((e) => e.aggregateKey)])
     if (outcome.kafkaUnavailable) yield* Ref.set(state.kafkaReachable, false)
-    return { claimed, outcome } satisfies Published
+    return { claimed, outcome, leases } satisfies Published
   })
 
 /** Writes the outcome back, then lets the coordinator count the batch out of the pipeline. */
 const markPublished =
   (coordinator: PipelineCoordinator) =>
-  ({ claimed, outcome }: Published) =>
+  ({ claimed, outcome, leases }: Published) =>
     Effect.gen(function* () {
       const relayEvents = yield* RelayEvents
       const ids = claimed.events.map((e) => e.id)
-      const summary = yield* markOutcome(outcome).pipe(Effect.ensuring(coordinator.finished(claimed.events)))
+      const summary = yield* markOutcome(outcome, leases).pipe(Effect.ensuring(coordinator.finished(claimed.sequence)))
       // Progress counts as a cycle: a long backlog drain must not look like a stalled loop.
       yield* recordCycle
       yield* relayEvents.emit({ _tag: "BatchMarked", ids, summary })
@@ -214,6 +206,7 @@ const markPublished =
           dead: summary.dead,
           given_back: summary.givenBack,
           lost: summary.lost,
+          unmarkable: summary.unmarkable,
         }),
       )
     }).pipe(Effect.uninterruptible)
@@ -223,7 +216,7 @@ const releaseUnpublished = (coordinator: PipelineCoordinator) =>
   Effect.gen(function* () {
     const store = yield* OutboxStore
     const relayEvents = yield* RelayEvents
-    const count = yield* store.release(yield* coordinator.unpublished)
+    const count = yield* store.release([...(yield* coordinator.unpublished)].map(([id, held]) => ({ id, lease: held.lease })))
     if (count > 0) yield* Effect.logInfo("released unpublished leases").pipe(Effect.annotateLogs({ count }))
     yield* relayEvents.emit({ _tag: "LeasesReleased", count })
   }).pipe(
@@ -239,6 +232,9 @@ const pipeline = Effect.gen(function* () {
   const state = yield* RelayState
   // A fresh coordinator per run: a run that failed took its batches in flight with it.
   const coordinator = yield* makePipelineCoordinator
+  const keeper = yield* makeLeaseKeeper(coordinator)
+  // Renews the leases of rows waiting in the pipeline or being published; ends with this run.
+  yield* Effect.forkChild(keeper.keep)
   const rowsSeenAt = yield* Ref.make(0)
   yield* (yield* triggers(rowsSeenAt)).pipe(
     Stream.takeUntilEffect(() => Ref.get(state.stopping)),
@@ -246,7 +242,7 @@ const pipeline = Effect.gen(function* () {
     Stream.flatMap(() => claimUntilDrained(coordinator, rowsSeenAt).pipe(Stream.onEnd(recordCycle))),
     // Claim the next batch while this one is published…
     Stream.buffer({ capacity: 1 }),
-    Stream.mapEffect(publishClaimed(coordinator)),
+    Stream.mapEffect(publishClaimed(coordinator, keeper)),
     // …and mark this one while the next is published.
     Stream.buffer({ capacity: 1 }),
     Stream.mapEffect(markPublished(coordinator)),

@@ -6,7 +6,7 @@
  */
 import { Clock, Effect, Layer } from "effect"
 import { RelayConfig } from "../../src/config/config.ts"
-import { KafkaRejected, KafkaUnavailable } from "../../src/domain/errors.ts"
+import { KafkaRejected, KafkaUnavailable, KafkaUnknownTopic } from "../../src/domain/errors.ts"
 import type { Delivery } from "../../src/domain/outbox-event.ts"
 import { Publisher } from "../../src/kafka/publisher.ts"
 import { type OutboundRecord, recordBytes } from "../../src/kafka/records.ts"
@@ -119,11 +119,11 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
           if (kafka.faults.errorRate > 0 && kafka.random() < kafka.faults.errorRate) {
             return yield* unreachable("NOT_LEADER_OR_FOLLOWER (simulated)")
           }
-          const missing = records.find((r) => !kafka.topics.has(r.topic))
-          if (missing !== undefined) {
-            return yield* new KafkaUnavailable({
-              reason: "unknown_topic",
-              message: `UNKNOWN_TOPIC_OR_PARTITION ${missing.topic}`,
+          const missing = [...new Set(records.filter((r) => !kafka.topics.has(r.topic)).map((r) => r.topic))]
+          if (missing.length > 0) {
+            return yield* new KafkaUnknownTopic({
+              topics: missing,
+              message: `UNKNOWN_TOPIC_OR_PARTITION ${missing.join(", ")}`,
               cause: null,
             })
           }
@@ -156,12 +156,6 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
         checkReachable: Effect.suspend(() =>
           kafka.faults.down || kafka.faults.severed.has(me) ? Effect.fail(unreachable("connection refused (simulated)")) : Effect.void,
         ),
-        missingTopics: (topics) =>
-          Effect.suspend(() =>
-            kafka.faults.down
-              ? Effect.fail(unreachable("connection refused (simulated)"))
-              : Effect.succeed(new Set([...topics].filter((t) => !kafka.topics.has(t)))),
-          ),
       })
     }),
   )

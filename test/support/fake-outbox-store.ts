@@ -1,5 +1,5 @@
 /**
- * An in-memory outbox table that keeps the OutboxStore contract (test/contract/outbox-store-contract.ts
+ * An in-memory outbox table that keeps the OutboxStore contract (test/support/outbox-store-contract.ts
  * proves it against the same tests as the PostgreSQL store): leases and their expiry, the
  * per-key claim rule, marks only on rows the instance still holds, FAILED with next_attempt_at.
  * Time is the Effect Clock, so under TestClock leases expire and retries come due when the
@@ -8,7 +8,8 @@
 import { Clock, Effect, Layer, Ref, Stream } from "effect"
 import { RelayConfig } from "../../src/config/config.ts"
 import { DatabaseError, type DeadReason } from "../../src/domain/errors.ts"
-import type { ClaimedEvent, EventStatus, NewEvent } from "../../src/domain/outbox-event.ts"
+import type { ClaimedEvent, EventStatus, NewEvent, Oversize, RecordColumn } from "../../src/domain/outbox-event.ts"
+import { ROW_LIMITS } from "../../src/domain/row-limits.ts"
 import { InstanceId } from "../../src/outbox/instance-id.ts"
 import { type Lease, type MarkResult, OutboxStore } from "../../src/outbox/outbox-store.ts"
 
@@ -76,6 +77,29 @@ export const makeFakeDatabase = (random: () => number = () => 0): Effect.Effect<
 const isPending = (r: FakeRow) => r.status === "NEW" || r.status === "FAILED"
 const bytes = (s: string) => Buffer.byteLength(s)
 
+/** The claim's measure of a row (see OutboxStore.claimDue): every record column, the key counted as such. */
+const measureRecord = (row: FakeRow): Oversize => {
+  const sizes: ReadonlyArray<readonly [RecordColumn, number | null]> = [
+    ["payload", bytes(row.payload)],
+    ["headers", bytes(row.headers)],
+    ["event_type", bytes(row.eventType)],
+    ["aggregate_key", row.aggregateKey === null ? null : bytes(row.aggregateKey)],
+    ["dedup_key", bytes(row.dedupKey)],
+    ["request_id", row.requestId === null ? null : bytes(row.requestId)],
+    ["traceparent", row.traceparent === null ? null : bytes(row.traceparent)],
+  ]
+  let total = bytes(row.aggregateKey === null ? row.dedupKey : "")
+  let largest = sizes[0]!
+  for (const entry of sizes) {
+    total += entry[1] ?? 0
+    if ((entry[1] ?? -1) > (largest[1] ?? -1)) largest = entry
+  }
+  return { bytes: total, column: largest[0] }
+}
+
+/** As the claim's stand-in in SQL: the first 64 characters and the size. */
+const standIn = (value: string) => `${[...value].slice(0, 64).join("")}… (${bytes(value)} bytes)`
+
 /** One instance's OutboxStore over the shared table: needs RelayConfig and InstanceId, like the real one. */
 export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
   Layer.effect(
@@ -124,20 +148,24 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
             if (previousOwner !== null) db.journal.takeovers.push({ id: row.id, from: previousOwner, by: me })
             row.lockedBy = me
             row.lockedUntil = now + config.leaseMs
-            const contentBytes = bytes(row.payload) + bytes(row.headers)
-            const fits = contentBytes <= config.maxRecordBytes
+            const measured = measureRecord(row)
+            const fits = measured.bytes <= config.maxRecordBytes
+            const within = (value: string, bound: number) => (fits || bytes(value) <= bound ? value : standIn(value))
+            const withinOrNull = (value: string | null, bound: number) => (value === null ? null : within(value, bound))
             return {
               id: String(row.id),
               eventId: row.eventId,
-              dedupKey: row.dedupKey,
-              eventType: row.eventType,
-              aggregateKey: row.aggregateKey,
+              dedupKey: within(row.dedupKey, ROW_LIMITS.dedupKeyBytes),
+              eventType: within(row.eventType, ROW_LIMITS.eventTypeBytes),
+              aggregateKey: withinOrNull(row.aggregateKey, config.maxRecordBytes),
               payload: fits ? row.payload : "null",
               headers: fits ? row.headers : "{}",
-              oversizeBytes: fits ? null : contentBytes,
-              requestId: row.requestId,
-              traceparent: row.traceparent,
+              oversize: fits ? null : measured,
+              requestId: withinOrNull(row.requestId, ROW_LIMITS.requestIdBytes),
+              traceparent: withinOrNull(row.traceparent, ROW_LIMITS.traceparentBytes),
               attempts: row.attempts,
+              waitingDeadLetter:
+                row.status === "FAILED" && row.deadReason !== null ? { reason: row.deadReason, error: row.lastError ?? "" } : null,
               createdAtMs: row.createdAt,
               takenOverFrom: previousOwner,
               lease: String(row.lockedUntil),
@@ -182,19 +210,38 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
           mark("mark failed", marks, (row, i, now) => {
             const m = marks[i]!
             row.status = "FAILED"
-            row.attempts += 1
+            if (m.countsAttempt) row.attempts += 1
             row.lastError = m.error
+            row.deadReason = m.deadReason
             row.nextAttemptAt = now + m.retryInMs
-            db.journal.retries.push({ id: row.id, retry: row.attempts, delayMs: m.retryInMs })
+            // The retry the delay was drawn for: a wait for the dead letter spends no attempt.
+            db.journal.retries.push({ id: row.id, retry: m.countsAttempt ? row.attempts : row.attempts + 1, delayMs: m.retryInMs })
           }),
         markDead: (marks) =>
           mark("mark dead", marks, (row, i) => {
             const m = marks[i]!
             row.status = "DEAD"
-            row.attempts += 1
+            if (m.countsAttempt) row.attempts += 1
             row.deadReason = m.reason
             row.lastError = m.error
           }),
+        settleUnmarkable: (marks) =>
+          mark("settle unmarkable", marks, (row, i) => {
+            row.status = "DEAD"
+            row.deadReason = "unmarkable"
+            row.lastError = marks[i]!.error
+          }),
+        renewLeases: (leases) =>
+          leases.length === 0
+            ? Effect.succeed([])
+            : statement("renew leases", (state, now) =>
+                leases.flatMap((held) => {
+                  const row = state.rows.find((r) => r.id === Number(held.id))
+                  if (!holds(row, held)) return []
+                  row.lockedUntil = now + config.leaseMs
+                  return [{ id: held.id, lease: String(row.lockedUntil) }]
+                }),
+              ),
         release: (leases) =>
           leases.length === 0
             ? Effect.succeed(0)
