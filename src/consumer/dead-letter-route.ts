@@ -53,18 +53,20 @@ export const routeToDeadLetter =
         const sent = yield* route.send(deadLetterMessage(letter, failedAt, trim)).pipe(
           Effect.mapError((e) => classifyKafkaError(e.cause)),
           Effect.tapError((e) =>
-            e._tag === "KafkaUnavailable"
+            e._tag !== "KafkaRejected"
               ? Effect.logWarning("dead-letter topic unreachable; retrying").pipe(
                   Effect.annotateLogs({ error: publicErrorText(e.message).slice(0, 300) }),
                 )
               : Effect.void,
           ),
           // Unreachable is waited out in place; a refusal of this record is final for this form of it.
-          Effect.retry({ schedule: backoffSchedule(route.outageBackoff), while: (e) => e._tag === "KafkaUnavailable" }),
+          // (A missing topic too: it may be created, and dead-lettering elsewhere is not undoable.)
+          Effect.retry({ schedule: backoffSchedule(route.outageBackoff), while: (e) => e._tag !== "KafkaRejected" }),
           Effect.result,
         )
         if (sent._tag === "Success") return { _tag: "Topic", trim } satisfies DeadLetterPlace
-        refusal = `${sent.failure.reason}: ${sent.failure.message}`
+        const refused = sent.failure
+        refusal = refused._tag === "KafkaRejected" ? `${refused.reason}: ${refused.message}` : refused.message
         yield* Effect.logWarning("dead-letter topic refused the dead letter; trying a smaller form").pipe(
           Effect.annotateLogs({ trim, error: publicErrorText(refusal).slice(0, 300) }),
         )
