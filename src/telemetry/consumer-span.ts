@@ -11,10 +11,12 @@ interface MessageHeaders {
 /** Read from the relay's headers; an absent one is left out rather than tagged "". */
 export const consumedEventAttributes = (message: MessageHeaders): Record<string, string> => {
   const { request_id, event_type, dedup_key } = message.headers
+  // A producer other than the relay may send any size: a span carries a bounded prefix.
+  const bounded = (value: string) => value.slice(0, 1024)
   return {
-    ...(request_id === undefined ? {} : { request_id }),
-    ...(event_type === undefined ? {} : { event_type }),
-    ...(dedup_key === undefined ? {} : { dedup_key }),
+    ...(request_id === undefined ? {} : { request_id: bounded(request_id) }),
+    ...(event_type === undefined ? {} : { event_type: bounded(event_type) }),
+    ...(dedup_key === undefined ? {} : { dedup_key: bounded(dedup_key) }),
   }
 }
 
