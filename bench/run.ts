@@ -16,6 +16,7 @@
 import { execFileSync } from "node:child_process"
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { cpus, totalmem } from "node:os"
+import { parseArgs } from "node:util"
 import { Effect } from "effect"
 import { kafkaCeiling, postgresCeiling, postgresMinimalCeiling } from "./scenarios/ceilings.ts"
 import { type DrainResult, drain } from "./scenarios/drain.ts"
@@ -26,17 +27,29 @@ import { dropScenario, freshScenario, infrastructure } from "./support/bench-env
 import { compiledMain, defaultVariant, type RelayVariant } from "./support/relay-process.ts"
 import { seedRows } from "./support/seed.ts"
 
-const args = new Set(process.argv.slice(2))
-const mode = args.has("--smoke") ? "smoke" : args.has("--full") ? "full" : "default"
-const soakMinutes = args.has("--soak") ? 10 : 0
-const drainOnly = args.has("--drain-only")
-const option = (name: string) =>
-  process.argv
-    .slice(2)
-    .find((a) => a.startsWith(`--${name}=`))
-    ?.slice(name.length + 3)
-const compareWith = option("compare")
-const repeat = Number(option("repeat") ?? 1)
+const { values: args } = parseArgs({
+  options: {
+    smoke: { type: "boolean", default: false },
+    full: { type: "boolean", default: false },
+    soak: { type: "boolean", default: false },
+    "soak-only": { type: "boolean", default: false },
+    "drain-only": { type: "boolean", default: false },
+    "postgres-levers": { type: "boolean", default: false },
+    compare: { type: "string" },
+    repeat: { type: "string", default: "1" },
+    variant: { type: "string", multiple: true, default: [] },
+    lever: { type: "string", multiple: true, default: [] },
+  },
+})
+const mode = args.smoke ? "smoke" : args.full ? "full" : "default"
+const soakMinutes = args.soak ? 10 : 0
+const drainOnly = args["drain-only"]
+const compareWith = args.compare
+const repeat = Number(args.repeat)
+if (!Number.isInteger(repeat) || repeat < 1) {
+  process.stderr.write(`bench: --repeat must be a positive integer, got ${args.repeat}\n`)
+  process.exit(2)
+}
 const parseVariant = (spec: string): RelayVariant & { name: string } => {
   const [head = "ts", ...rest] = spec.trim().split(/\s+/)
   const [kind, root] = head.split("@")
@@ -52,10 +65,7 @@ const variants =
         { ...defaultVariant(), root: compareWith, name: "before" },
         { ...defaultVariant(), name: "after" },
       ]
-    : process.argv
-        .slice(2)
-        .filter((a) => a.startsWith("--variant="))
-        .map((a) => parseVariant(a.slice("--variant=".length)))
+    : args.variant.map(parseVariant)
 // A compiled relay must exist before minutes of ceilings are spent (`npm pack`, as the tests run
 // it, rebuilds dist/ and leaves no bundle).
 for (const v of variants.length === 0 ? [defaultVariant()] : variants) {
@@ -100,12 +110,9 @@ const scenario = <A>(f: (env: Effect.Success<ReturnType<typeof freshScenario>>) 
   Effect.acquireUseRelease(freshScenario(infrastructure(), PARTITIONS), f, dropScenario)
 
 // `--postgres-levers`: PostgreSQL's share under schema changes, each lever `--repeat` times, interleaved.
-if (args.has("--postgres-levers")) {
+if (args["postgres-levers"]) {
   // `--lever=<text>`: only the levers whose name contains it (repeatable), e.g. a quick look at one.
-  const only = process.argv
-    .slice(2)
-    .filter((a) => a.startsWith("--lever="))
-    .map((a) => a.slice("--lever=".length))
+  const only = args.lever
   const levers = only.length === 0 ? LEVERS : LEVERS.filter((l) => only.some((o) => l.name.includes(o)))
   const results: Array<LeverResult> = []
   for (let i = 0; i < repeat; i++) {
@@ -133,7 +140,7 @@ if (args.has("--postgres-levers")) {
 }
 
 // `--soak-only`: just the soak (e.g. against a PostgreSQL given by DATABASE_URL whose autovacuum is on).
-if (args.has("--soak-only")) {
+if (args["soak-only"]) {
   const r = await Effect.runPromise(scenario((env) => soak(env, { minutes: 10, rate: 2_000, retention: "1m" })))
   process.stdout.write(`${JSON.stringify(r, null, 2)}\n`)
   process.exit(0)
