@@ -4,6 +4,7 @@
  * `pg` form reject exactly the same events with the same messages.
  */
 import { Context, Result, Schema } from "effect"
+import { isReservedHeader } from "../domain/reserved-headers.ts"
 import { ROW_LIMITS } from "../domain/row-limits.ts"
 import { isValidTraceparent } from "../kafka/records.ts"
 
@@ -63,10 +64,6 @@ export class InvalidOutboxEvent extends Schema.TaggedError<InvalidOutboxEvent>()
  */
 export const MaxEventBytes = Context.Reference<number>("outbox-relay/MaxEventBytes", { defaultValue: () => 1_000_000 })
 export const DEFAULT_MAX_EVENT_BYTES = 1_000_000
-
-/** Headers the relay writes itself (a row could otherwise spoof them) and the dead-letter namespace. */
-const RESERVED_HEADERS = new Set(["event_id", "dedup_key", "event_type", "request_id", "traceparent"])
-const isReservedHeader = (name: string) => RESERVED_HEADERS.has(name.toLowerCase()) || name.toLowerCase().startsWith("dlq.")
 
 const utf8 = new TextEncoder()
 
