@@ -372,7 +372,7 @@ const runSeed = async (seed: number, mode: "shipped" | "dropped") => {
   console.log(
     `[fuzz] seed=${seed} mode=${mode}: ${refused.length} refused at INSERT, ${settled.filter((r) => byId.get(r.id)?.status === "SENT").length} SENT, ` +
       `${settled.filter((r) => byId.get(r.id)?.status === "DEAD").length} DEAD ` +
-      `(${[...new Set(settled.map((r) => byId.get(r.id)?.dead_reason).filter((x) => x))].join(",")}), ${waiting.length} not due; ` +
+      `(${[...new Set(settled.map((r) => byId.get(r.id)?.dead_reason?.slice(0, 40)).filter((x) => x))].join(",")}), ${waiting.length} not due; ` +
       `normal ${normalStates.filter((r) => r.status === "SENT").length}/${normalRows.length} SENT; re-sent ${resent}, takeovers ${takeovers}; ` +
       `${s.elapsedSeconds().toFixed(1)}s`,
   )
