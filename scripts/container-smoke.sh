@@ -332,7 +332,7 @@ smoke() {
     fi
     sleep 0.2
   done
-  grep -q 'exporting traces over OTLP/HTTP' <<<"$traced_logs" || {
+  grep -q '"message":"exporting traces","exporter":"otlp"' <<<"$traced_logs" || {
     tail -n 30 <<<"$traced_logs" >&2
     die "run with an OTLP endpoint set does not export traces"
   }

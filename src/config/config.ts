@@ -66,6 +66,35 @@ const readEndpointUrl = (raw: string): Result.Result<string, string> => {
   }
 }
 
+/**
+ * The W3C baggage-like form the OpenTelemetry SDKs read: `k1=v1,k2=v2`, values URL-encoded.
+ * Redacted as a whole: these headers usually carry the backend's credentials.
+ */
+const readOtelHeaders = (raw: string): Result.Result<Redacted.Redacted<Readonly<Record<string, string>>>, string> => {
+  const headers: Record<string, string> = {}
+  for (const pair of raw.split(",")) {
+    if (pair.trim() === "") continue
+    const eq = pair.indexOf("=")
+    const name = eq < 0 ? "" : pair.slice(0, eq).trim()
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) return Result.fail("must be key=value pairs separated by commas")
+    try {
+      headers[name] = decodeURIComponent(pair.slice(eq + 1).trim())
+    } catch {
+      return Result.fail(`has a value that is not URL-encoded (header ${name})`)
+    }
+  }
+  return Result.succeed(Redacted.make(headers))
+}
+
+const readIntIn =
+  (min: number, max: number) =>
+  (raw: string): Result.Result<number, string> => {
+    const n = Number(raw)
+    return /^\d+$/.test(raw) && n >= min && n <= max
+      ? Result.succeed(n)
+      : Result.fail(`must be a whole number from ${min} to ${max}, got "${raw}"`)
+  }
+
 /** An IP address or a host name to bind to; the listen call itself says whether it is this machine's. */
 const readHost = (raw: string): Result.Result<string, string> =>
   isIP(raw) !== 0 || /^[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?$/.test(raw)
@@ -181,15 +210,81 @@ export const settings = {
     default: 2000,
   }),
   otelServiceName: Settings.string("OTEL_SERVICE_NAME", "service.name of exported traces and of the metrics' target_info", "outbox-relay"),
+  otelTracesExporter: Settings.optionalOneOf(
+    "OTEL_TRACES_EXPORTER",
+    "Where spans go: otlp, zipkin, console (stdout) or none. Unset: otlp when an OTLP endpoint is set, else none (tracing off: no span is made and the tracing modules are not loaded)",
+    ["otlp", "zipkin", "console", "none"],
+  ),
   otelEndpoint: Settings.optionalCustom(
     "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTLP/HTTP base URL; traces go to its /v1/traces. Tracing is off while this and the next are unset",
+    "OTLP/HTTP base URL; traces go to its /v1/traces (with OTEL_TRACES_EXPORTER=otlp and neither endpoint set: http://localhost:4318)",
     readEndpointUrl,
   ),
   otelTracesEndpoint: Settings.optionalCustom(
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTLP/HTTP URL for traces, used as is (wins over OTEL_EXPORTER_OTLP_ENDPOINT)",
     readEndpointUrl,
+  ),
+  otelProtocol: Settings.oneOf(
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTLP body encoding: http/protobuf or http/json (grpc is not supported)",
+    ["http/protobuf", "http/json"],
+    "http/protobuf",
+  ),
+  otelTracesProtocol: Settings.optionalOneOf(
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTLP body encoding for traces (wins over OTEL_EXPORTER_OTLP_PROTOCOL)",
+    ["http/protobuf", "http/json"],
+  ),
+  otelHeaders: Settings.optionalCustom(
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "Headers of every OTLP request, key=value pairs separated by commas (values URL-encoded), e.g. authorization=Bearer%20abc",
+    readOtelHeaders,
+    true,
+  ),
+  otelTracesHeaders: Settings.optionalCustom(
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "Headers of OTLP trace requests, same form; merged over OTEL_EXPORTER_OTLP_HEADERS",
+    readOtelHeaders,
+    true,
+  ),
+  otelTimeoutMs: Settings.int("OTEL_EXPORTER_OTLP_TIMEOUT", "Time limit of one OTLP export request, in milliseconds", {
+    min: 100,
+    max: 600_000,
+    default: 10_000,
+  }),
+  otelTracesTimeoutMs: Settings.optionalCustom(
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "Time limit of one OTLP trace export, in milliseconds (wins over OTEL_EXPORTER_OTLP_TIMEOUT)",
+    readIntIn(100, 600_000),
+  ),
+  otelZipkinEndpoint: Settings.custom(
+    "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+    "Zipkin v2 spans URL, with OTEL_TRACES_EXPORTER=zipkin",
+    (raw) => readEndpointUrl(raw),
+    { default: { value: "http://localhost:9411/api/v2/spans", text: "http://localhost:9411/api/v2/spans" } },
+  ),
+  otelZipkinTimeoutMs: Settings.int("OTEL_EXPORTER_ZIPKIN_TIMEOUT", "Time limit of one Zipkin export request, in milliseconds", {
+    min: 100,
+    max: 600_000,
+    default: 10_000,
+  }),
+  otelTracesSampler: Settings.oneOf(
+    "OTEL_TRACES_SAMPLER",
+    "Which traces are recorded: always_on, always_off, traceidratio, or parentbased_* of those (a row's traceparent with flags 00 is then not recorded)",
+    ["parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio", "always_on", "always_off", "traceidratio"],
+    "parentbased_always_on",
+  ),
+  otelTracesSamplerArg: Settings.custom(
+    "OTEL_TRACES_SAMPLER_ARG",
+    "Share of traces recorded by the traceidratio samplers, 0 to 1",
+    (raw) => {
+      const n = Number(raw)
+      return raw !== "" && Number.isFinite(n) && n >= 0 && n <= 1
+        ? Result.succeed(n)
+        : Result.fail(`must be a number from 0 to 1, got "${raw}"`)
+    },
+    { default: { value: 1, text: "1" } },
   ),
   instanceId: Settings.optionalString(
     "RELAY_INSTANCE_ID",

@@ -4,6 +4,7 @@ import { isUtf8 } from "node:buffer"
 import { Option, Result, Schema, type Tracer } from "effect"
 import { Headers, HttpTraceContext } from "effect/http"
 import type { IHeaders, KafkaMessage } from "kafkajs"
+import { ROW_LIMITS } from "../domain/row-limits.ts"
 import { UnprocessableMessage } from "./errors.ts"
 
 /** The message before decoding: what a dedup-key function or the dead-letter record needs. */
@@ -83,7 +84,8 @@ export const fromKafkaMessage = (topic: string, partition: number, message: Kafk
   }
 }
 
-const MAX_KEY_BYTES = 1000
+// The relay's own bound on the columns these headers come from: every key it sends is taken.
+const MAX_KEY_BYTES = ROW_LIMITS.dedupKeyBytes
 const utf8 = new TextEncoder()
 
 /** Why a text cannot be stored as-is in a PostgreSQL text column, if it cannot (NUL, too large for the index). */
@@ -125,6 +127,42 @@ export const headerProblem = (message: ConsumedMessage): UnprocessableMessage | 
   }
   return undefined
 }
+
+/** How much a message's headers may carry: kafkajs has decoded them already, but the consumer takes no more. */
+export interface HeaderBounds {
+  readonly maxHeaders: number
+  readonly maxHeaderBytes: number
+}
+
+/** Why a message's headers are more than the consumer accepts, if they are (a repeated header counts each time). */
+export const headerBoundsProblem = (message: ConsumedMessage, bounds: HeaderBounds): UnprocessableMessage | undefined => {
+  let count = 0
+  let bytes = 0
+  for (const [name, value] of Object.entries(message.raw.headers)) {
+    for (const v of Array.isArray(value) ? value : [value]) {
+      count++
+      bytes += Buffer.byteLength(name) + (v === undefined ? 0 : Buffer.byteLength(v))
+    }
+  }
+  if (count > bounds.maxHeaders) {
+    return new UnprocessableMessage({
+      reason: "oversized_headers",
+      message: `${count} headers, more than maxHeaders (${bounds.maxHeaders})`,
+    })
+  }
+  if (bytes > bounds.maxHeaderBytes) {
+    return new UnprocessableMessage({
+      reason: "oversized_headers",
+      message: `headers of ${bytes} bytes, more than maxHeaderBytes (${bounds.maxHeaderBytes})`,
+    })
+  }
+  return undefined
+}
+
+/** What a log line carries of a key at most: a key of a megabyte must not become a megabyte per log line. */
+export const MAX_LOGGED_KEY_CHARS = 200
+export const loggedKey = (key: string | undefined): string =>
+  key === undefined ? "" : key.length > MAX_LOGGED_KEY_CHARS ? `${key.slice(0, MAX_LOGGED_KEY_CHARS)}…(${key.length} chars)` : key
 
 /** The relay's dedup_key header: the event's business identity, stable across rewrites and replays. */
 export const dedupKeyHeader = (message: ConsumedMessage): string | undefined => {

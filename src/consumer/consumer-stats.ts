@@ -13,6 +13,18 @@ export const consumerDeadLetters = Metric.counter("outbox_consumer_dead_letters_
   description: "Messages published to the consumer's dead-letter topic",
   incremental: true,
 })
+export const consumerDeadLettersTrimmed = Metric.counter("outbox_consumer_dead_letters_trimmed_total", {
+  description: "Dead letters the dead-letter topic refused whole and took trimmed (value, or value, key and headers omitted)",
+  incremental: true,
+})
+export const consumerDeadLettersInTable = Metric.counter("outbox_consumer_dead_letters_in_table_total", {
+  description: "Dead letters the dead-letter topic refused even trimmed, recorded in the consumer_dead_letter table instead",
+  incremental: true,
+})
+export const consumerHandlerTimeouts = Metric.counter("outbox_consumer_handler_timeouts_total", {
+  description: "Handler attempts cut off by handlerTimeout (each counts as a handler failure too)",
+  incremental: true,
+})
 export const consumerHandlerFailures = Metric.counter("outbox_consumer_handler_failures_total", {
   description: "Handler attempts that failed (each is retried until the retry budget is spent)",
   incremental: true,
@@ -30,11 +42,19 @@ export const consumerInboxExpired = Metric.counter("outbox_consumer_inbox_expire
   incremental: true,
 })
 
+/** Age of the message in flight on each partition (0 when none): a stuck handler shows here before it shows as lag. */
+export const consumerOldestInFlight = Metric.gauge("outbox_consumer_oldest_in_flight_seconds", {
+  description: "Seconds the message in flight on a partition has been processing (0 when none)",
+})
+
 export interface ConsumerStats {
   readonly processed: number
   readonly duplicates: number
   readonly deadLettered: number
+  readonly deadLettersTrimmed: number
+  readonly deadLettersInTable: number
   readonly handlerFailures: number
+  readonly handlerTimeouts: number
   readonly inboxExpired: number
   readonly databaseOutages: number
   readonly kafkaRestarts: number
@@ -46,7 +66,10 @@ const METRICS: Readonly<Record<StatName, Metric.Counter<number>>> = {
   processed: consumerProcessed,
   duplicates: consumerDuplicates,
   deadLettered: consumerDeadLetters,
+  deadLettersTrimmed: consumerDeadLettersTrimmed,
+  deadLettersInTable: consumerDeadLettersInTable,
   handlerFailures: consumerHandlerFailures,
+  handlerTimeouts: consumerHandlerTimeouts,
   inboxExpired: consumerInboxExpired,
   databaseOutages: consumerDatabaseOutages,
   kafkaRestarts: consumerKafkaRestarts,
@@ -56,7 +79,10 @@ export const emptyStats: ConsumerStats = {
   processed: 0,
   duplicates: 0,
   deadLettered: 0,
+  deadLettersTrimmed: 0,
+  deadLettersInTable: 0,
   handlerFailures: 0,
+  handlerTimeouts: 0,
   inboxExpired: 0,
   databaseOutages: 0,
   kafkaRestarts: 0,

@@ -7,9 +7,18 @@ export class HandlerFailed extends Schema.TaggedError<HandlerFailed>()("HandlerF
   cause: Schema.Defect(),
 }) {}
 
+/**
+ * The handler ended the inbox transaction itself (it ran COMMIT or ROLLBACK): what it wrote
+ * after that is outside the inbox's protection, and a retry would do the same again. Dead-
+ * lettered at once, as `handler_failed`, with this reason in `dlq.error`.
+ */
+export class HandlerEndedTransaction extends Schema.TaggedError<HandlerEndedTransaction>()("HandlerEndedTransaction", {
+  message: Schema.String,
+}) {}
+
 /** A message no retry can help: no usable dedup key, a malformed relay header, or a value its payload schema rejects. Dead-lettered at once. */
 export class UnprocessableMessage extends Schema.TaggedError<UnprocessableMessage>()("UnprocessableMessage", {
-  reason: Schema.Literals(["missing_dedup_key", "invalid_dedup_key", "invalid_header", "invalid_payload"]),
+  reason: Schema.Literals(["missing_dedup_key", "invalid_dedup_key", "invalid_header", "invalid_payload", "oversized_headers"]),
   message: Schema.String,
 }) {}
 
@@ -35,10 +44,10 @@ export class ConsumerKafkaError extends Schema.TaggedError<ConsumerKafkaError>()
   cause: Schema.Defect(),
 }) {}
 
-/** The inbox table is missing from the consumer's database. */
+/** The inbox table (or the dead-letter table of last resort) is missing from the consumer's database. */
 export class InboxTableMissing extends Schema.TaggedError<InboxTableMissing>()("InboxTableMissing", {}) {
   override get message(): string {
-    return "The consumer_inbox table does not exist: apply INBOX_TABLE_DDL (or run ensureInboxTable) in the consumer's database first."
+    return "The consumer_inbox or consumer_dead_letter table does not exist: apply INBOX_TABLE_DDL (or run ensureInboxTable) in the consumer's database first."
   }
 }
 

@@ -9,16 +9,18 @@
  */
 import { Context, Deferred, Duration, Effect, FiberSet, Layer, type Schema, type Scope, Semaphore } from "effect"
 import type { SqlClient, SqlError } from "effect/sql"
-import type { ConsumerConfig, EachBatchPayload, KafkaConfig, LogEntry } from "kafkajs"
+import type { ConsumerConfig, KafkaConfig, LogEntry } from "kafkajs"
 import type { BackoffPolicy } from "../domain/backoff.ts"
 import { Kafka, KafkaLogLevel, Partitioners } from "../kafka/kafkajs.ts"
 import { type ConsumedEvent, type ConsumedMessage, dedupKeyHeader } from "./consumed-message.ts"
 import { type ConsumerStats, makeStatsRecorder } from "./consumer-stats.ts"
-import { type ConsumerDeadLetter, deadLetterMessage } from "./dead-letter.ts"
+import { type DeadLetterRecord, routeToDeadLetter } from "./dead-letter-route.ts"
 import { ConsumerKafkaError, InboxTableMissing, InvalidConsumerOptions } from "./errors.ts"
 import { type MembershipTerm, makeGroupMembership } from "./group-membership.ts"
+import type { PartitionBatch } from "./group-port.ts"
 import { deleteExpiredInboxKeys, inboxCleanupLoop } from "./inbox-cleanup.ts"
 import { type CommittedOffset, inboxTableExists } from "./inbox-table.ts"
+import { kafkajsHeaderDecoderPatched } from "./kafkajs-header-decoder.ts"
 import { handOffBatch, processPartitionBatch } from "./partition-batch.ts"
 import { type MessageOutcome, processMessage } from "./process-message.ts"
 
@@ -62,6 +64,18 @@ export interface IdempotentConsumerOptions<A, E, R> {
   readonly commitInterval?: Duration.Input | undefined
   /** On stop, how long the message in flight may take before it is abandoned uncommitted (default 10 s). */
   readonly shutdownGrace?: Duration.Input | undefined
+  /**
+   * An attempt of the handler that runs longer is cut off (its queries cancelled, its
+   * transaction rolled back) and counts as a failure: retried, then dead-lettered (default:
+   * no limit). Set it below the role's `idle_in_transaction_session_timeout`.
+   */
+  readonly handlerTimeout?: Duration.Input | undefined
+  /** A message in flight longer than this is logged once at WARN (default 30 s). */
+  readonly slowMessageWarning?: Duration.Input | undefined
+  /** A message with more headers than this is dead-lettered as oversized_headers (default 100). */
+  readonly maxHeaders?: number | undefined
+  /** A message whose header names and values add up to more bytes than this is dead-lettered as oversized_headers (default 64 KiB). */
+  readonly maxHeaderBytes?: number | undefined
   /** Further kafkajs consumer settings (sessionTimeout, heartbeatInterval, …). */
   readonly consumerConfig?: Omit<ConsumerConfig, "groupId"> | undefined
   /** Observes each settled message after its transaction, before its offset is committed. */
@@ -88,6 +102,9 @@ const DEFAULTS = {
   maxWaitTimeInMs: 500,
   commitInterval: Duration.seconds(1),
   shutdownGrace: Duration.seconds(10),
+  slowMessageWarning: Duration.seconds(30),
+  maxHeaders: 100,
+  maxHeaderBytes: 64 * 1024,
 } as const
 
 const checkOptions = <A, E, R>(o: IdempotentConsumerOptions<A, E, R>): ReadonlyArray<string> => {
@@ -100,6 +117,17 @@ const checkOptions = <A, E, R>(o: IdempotentConsumerOptions<A, E, R>): ReadonlyA
   positiveInt("maxRetries", o.maxRetries, 0)
   positiveInt("cleanupBatchSize", o.cleanupBatchSize, 1)
   positiveInt("partitionsConsumedConcurrently", o.partitionsConsumedConcurrently, 1)
+  positiveInt("maxHeaders", o.maxHeaders, 0)
+  positiveInt("maxHeaderBytes", o.maxHeaderBytes, 0)
+  for (const [name, value] of [
+    ["handlerTimeout", o.handlerTimeout],
+    ["slowMessageWarning", o.slowMessageWarning],
+  ] as const) {
+    if (value !== undefined) {
+      const parsed = Duration.fromInput(value)
+      if (parsed._tag === "None" || Duration.toMillis(parsed.value) <= 0) problems.push(`${name} must be a positive duration`)
+    }
+  }
   if (o.inboxRetention !== undefined && Duration.toMillis(Duration.fromInputUnsafe(o.inboxRetention)) <= 0) {
     problems.push("inboxRetention must be positive")
   }
@@ -152,11 +180,19 @@ export const makeIdempotentConsumer = <A, E, R>(
       Effect.tryPromise({ try: () => producer.connect(), catch: kafkaError("connect dead-letter producer") }),
       () => Effect.promise(() => producer.disconnect().catch(() => undefined)).pipe(Effect.timeout("5 seconds"), Effect.ignore),
     )
-    const publishDeadLetter = (letter: ConsumerDeadLetter) =>
+    const sendDeadLetter = (record: DeadLetterRecord) =>
       Effect.tryPromise({
-        try: () => producer.send({ topic: deadLetterTopic, acks: -1, messages: [deadLetterMessage(letter, new Date())] }),
+        try: () => producer.send({ topic: deadLetterTopic, acks: -1, messages: [record] }),
         catch: kafkaError(`publish to ${deadLetterTopic}`),
       }).pipe(Effect.asVoid)
+    const outageBackoff = options.outageBackoff ?? DEFAULTS.outageBackoff
+
+    if (!kafkajsHeaderDecoderPatched()) {
+      yield* Effect.logWarning(
+        "kafkajs' record header decoder is unpatched: a message with thousands of headers takes minutes to decode, " +
+          "during which the group stalls; run OUTBOX_RELAY_PATCH_KAFKAJS=1 node node_modules/outbox-relay/scripts/patch-kafkajs.mjs",
+      ).pipe(Effect.annotateLogs({ consumer_group: groupId }))
+    }
 
     const consumer = kafka.consumer({ maxWaitTimeInMs: DEFAULTS.maxWaitTimeInMs, ...options.consumerConfig, groupId })
     const crashed = yield* Deferred.make<never, ConsumerKafkaError>()
@@ -207,7 +243,7 @@ export const makeIdempotentConsumer = <A, E, R>(
       }),
     )
 
-    const processBatch = processPartitionBatch<R>({
+    const processBatch = processPartitionBatch<R | SqlClient.SqlClient>({
       processMessage: processMessage({
         consumerGroup: groupId,
         handler: options.handler,
@@ -215,19 +251,26 @@ export const makeIdempotentConsumer = <A, E, R>(
         dedupKeyOf: options.dedupKey ?? dedupKeyHeader,
         maxRetries: options.maxRetries ?? DEFAULTS.maxRetries,
         retryBackoff: options.retryBackoff ?? DEFAULTS.retryBackoff,
-        outageBackoff: options.outageBackoff ?? DEFAULTS.outageBackoff,
+        outageBackoff,
         stats,
-        publishDeadLetter,
+        deadLetter: routeToDeadLetter({ send: sendDeadLetter, outageBackoff, stats }),
+        handlerTimeout: options.handlerTimeout === undefined ? undefined : Duration.fromInputUnsafe(options.handlerTimeout),
+        headerBounds: {
+          maxHeaders: options.maxHeaders ?? DEFAULTS.maxHeaders,
+          maxHeaderBytes: options.maxHeaderBytes ?? DEFAULTS.maxHeaderBytes,
+        },
       }),
       afterMessage: options.afterMessage ?? (() => Effect.void),
       isStopping: () => stopping,
       commitInterval: Duration.fromInputUnsafe(options.commitInterval ?? DEFAULTS.commitInterval),
+      consumerGroup: groupId,
+      slowMessageWarning: Duration.fromInputUnsafe(options.slowMessageWarning ?? DEFAULTS.slowMessageWarning),
     })
 
     const partitionLimit =
       options.partitionsConsumedConcurrently === undefined ? undefined : yield* Semaphore.make(options.partitionsConsumedConcurrently)
     const eachBatch = handOffBatch({
-      run: (payload: EachBatchPayload, term: MembershipTerm) =>
+      run: (payload: PartitionBatch, term: MembershipTerm) =>
         runBatch(
           partitionLimit === undefined
             ? processBatch(payload, term)

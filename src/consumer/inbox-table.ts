@@ -6,9 +6,14 @@
 import { Effect } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 
-/** The DDL, for users who apply schema with their own migration tool. Idempotent. */
-export const INBOX_TABLE_DDL: ReadonlyArray<string> = [
-  `CREATE TABLE IF NOT EXISTS consumer_inbox (
+/**
+ * Each object the consumer needs, with the DDL that creates it. Idempotent. Users who apply
+ * schema with their own migration tool run `INBOX_TABLE_DDL` in order.
+ */
+const INBOX_OBJECTS: ReadonlyArray<{ readonly name: string; readonly ddl: string }> = [
+  {
+    name: "consumer_inbox",
+    ddl: `CREATE TABLE IF NOT EXISTS consumer_inbox (
     consumer_group  text        NOT NULL,
     dedup_key       text        NOT NULL,
     event_id        text,
@@ -18,21 +23,78 @@ export const INBOX_TABLE_DDL: ReadonlyArray<string> = [
     processed_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, dedup_key)
   )`,
+  },
   // The cleanup walks each group's oldest keys; without this it would scan the table.
-  `CREATE INDEX IF NOT EXISTS consumer_inbox_expiry_idx ON consumer_inbox (consumer_group, processed_at)`,
+  {
+    name: "consumer_inbox_expiry_idx",
+    ddl: `CREATE INDEX IF NOT EXISTS consumer_inbox_expiry_idx ON consumer_inbox (consumer_group, processed_at)`,
+  },
+  // The last resort of a dead letter the dead-letter topic refuses even trimmed: its position
+  // (the message is still on its topic until the topic's retention), its bytes, and why.
+  {
+    name: "consumer_dead_letter",
+    ddl: `CREATE TABLE IF NOT EXISTS consumer_dead_letter (
+    consumer_group  text        NOT NULL,
+    topic           text        NOT NULL,
+    kafka_partition integer     NOT NULL,
+    kafka_offset    bigint      NOT NULL,
+    dedup_key       text,
+    reason          text        NOT NULL,
+    error           text        NOT NULL,
+    attempts        integer     NOT NULL,
+    message_key     bytea,
+    message_value   bytea,
+    dlq_error       text        NOT NULL,
+    failed_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, topic, kafka_partition, kafka_offset)
+  )`,
+  },
 ]
 
-/** Creates the inbox table and its index when missing (safe to run on every start). */
-export const ensureInboxTable: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function* () {
+/** The DDL, for users who apply schema with their own migration tool. Idempotent. */
+export const INBOX_TABLE_DDL: ReadonlyArray<string> = INBOX_OBJECTS.map((o) => o.ddl)
+
+/** The consumer's tables and index that the database does not have yet. */
+export const missingInboxObjects: Effect.Effect<ReadonlyArray<string>, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
-  for (const statement of INBOX_TABLE_DDL) yield* sql.unsafe(statement)
+  const missing: Array<string> = []
+  for (const { name } of INBOX_OBJECTS) {
+    const [row] = yield* sql<{ present: boolean }>`SELECT to_regclass(${name}) IS NOT NULL AS present`
+    if (row?.present !== true) missing.push(name)
+  }
+  return missing
 })
 
-export const inboxTableExists: Effect.Effect<boolean, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function* () {
+/**
+ * Creates what is missing of the inbox tables and index (safe to run on every start).
+ *
+ * Start-up never takes a lock that live traffic needs: the catalog is read first (no lock
+ * on the table), and nothing is run when everything exists. `CREATE INDEX IF NOT EXISTS`
+ * queues for a SHARE lock on the table even when the index exists, and while it queues
+ * behind one long handler transaction, every inbox INSERT of every member queues behind
+ * it. When something is missing, the DDL runs with a 2 s `lock_timeout`: under live
+ * traffic it fails (SQLSTATE 55P03) instead of stalling the group; apply INBOX_TABLE_DDL
+ * through your migrations then.
+ */
+export const ensureInboxTable: Effect.Effect<void, SqlError.SqlError, SqlClient.SqlClient> = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
-  const [row] = yield* sql<{ present: boolean }>`SELECT to_regclass('consumer_inbox') IS NOT NULL AS present`
-  return row?.present === true
+  const missing = new Set(yield* missingInboxObjects)
+  if (missing.size === 0) return
+  for (const { name, ddl } of INBOX_OBJECTS) {
+    if (!missing.has(name)) continue
+    yield* sql.withTransaction(
+      Effect.gen(function* () {
+        yield* sql.unsafe(`SET LOCAL lock_timeout = '2s'`)
+        yield* sql.unsafe(ddl)
+      }),
+    )
+  }
 })
+
+/** Whether the consumer can start: its tables are there (no DDL, no lock taken). */
+export const inboxTableExists: Effect.Effect<boolean, SqlError.SqlError, SqlClient.SqlClient> = missingInboxObjects.pipe(
+  Effect.map((missing) => !missing.includes("consumer_inbox") && !missing.includes("consumer_dead_letter")),
+)
 
 export interface InboxEntry {
   readonly consumerGroup: string
@@ -44,7 +106,7 @@ export interface InboxEntry {
 }
 
 /**
- * Records the key inside the caller's transaction. false: the key was there already, so
+ * Records the key inside the caller's transaction. Not inserted: the key was there already, so
  * this message's effects were committed before (a redelivery) and the handler must not
  * run. A concurrent transaction inserting the same key makes this one wait for its
  * outcome, so two consumers can never both apply one event.
@@ -53,16 +115,19 @@ export interface InboxEntry {
  * key until the offset of its latest delivery is committed, so a copy skipped but not yet
  * committed still finds the key when it is redelivered.
  */
-export const recordInInbox = (entry: InboxEntry): Effect.Effect<boolean, SqlError.SqlError, SqlClient.SqlClient> =>
+export const recordInInbox = (
+  entry: InboxEntry,
+): Effect.Effect<{ readonly inserted: boolean; readonly txid: string | null }, SqlError.SqlError, SqlClient.SqlClient> =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    const rows = yield* sql<{ inserted: boolean }>`
+    // txid: the transaction the row was written in, so the caller can tell whether it is still the one open.
+    const rows = yield* sql<{ inserted: boolean; txid: string | null }>`
       INSERT INTO consumer_inbox (consumer_group, dedup_key, event_id, topic, kafka_partition, kafka_offset)
       VALUES (${entry.consumerGroup}, ${entry.dedupKey}, ${entry.eventId}, ${entry.topic}, ${entry.partition}, ${entry.offset}::bigint)
       ON CONFLICT (consumer_group, dedup_key) DO UPDATE
         SET topic = excluded.topic, kafka_partition = excluded.kafka_partition, kafka_offset = excluded.kafka_offset, processed_at = now()
-      RETURNING (xmax = 0) AS inserted`
-    return rows[0]?.inserted === true
+      RETURNING (xmax = 0) AS inserted, txid_current_if_assigned()::text AS txid`
+    return { inserted: rows[0]?.inserted === true, txid: rows[0]?.txid ?? null }
   })
 
 /** Where a group's consumption of one partition is committed in Kafka: every offset below `next` is done. */

@@ -15,21 +15,27 @@
  * The batch resumes its partition when it ends; kafkajs then fetches from the last
  * resolved (settled) offset.
  */
-import { Deferred, type Duration, Effect, Ref, Schedule, Semaphore } from "effect"
-import type { SqlClient } from "effect/sql"
-import type { EachBatchPayload } from "kafkajs"
+import { Clock, Deferred, Duration, Effect, Metric, Ref, Schedule, Semaphore } from "effect"
 import { type ConsumedMessage, fromKafkaMessage } from "./consumed-message.ts"
+import { consumerOldestInFlight } from "./consumer-stats.ts"
 import type { GroupMembership, MembershipTerm } from "./group-membership.ts"
+import type { PartitionBatch } from "./group-port.ts"
 import type { MessageOutcome } from "./process-message.ts"
 
 export interface BatchRunner<R> {
-  readonly processMessage: (message: ConsumedMessage) => Effect.Effect<MessageOutcome, never, R | SqlClient.SqlClient>
+  readonly processMessage: (message: ConsumedMessage) => Effect.Effect<MessageOutcome, never, R>
   /** Called once a message is settled, before its offset is committed. */
   readonly afterMessage: (outcome: MessageOutcome) => Effect.Effect<void>
   /** True once the consumer is shutting down: finish the message in flight, commit, return. */
   readonly isStopping: () => boolean
   readonly commitInterval: Duration.Duration
+  readonly consumerGroup: string
+  /** A message in flight longer than this is logged once, at WARN. */
+  readonly slowMessageWarning: Duration.Duration
 }
+
+/** How often the age of the message in flight is published (the gauge) and checked against the warning. */
+const IN_FLIGHT_WATCH_INTERVAL = Duration.seconds(1)
 
 // Errors kafkajs' heartbeat reports when this member must rejoin: its partitions are gone.
 const LOST_MEMBERSHIP = new Set([
@@ -45,7 +51,7 @@ const lostMembership = (error: unknown): boolean =>
 const errorText = (error: unknown) => (error instanceof Error ? error.message : String(error))
 
 export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
-  Effect.fn("IdempotentConsumer.processBatch")(function* (payload: EachBatchPayload, term: MembershipTerm) {
+  Effect.fn("IdempotentConsumer.processBatch")(function* (payload: PartitionBatch, term: MembershipTerm) {
     const { batch } = payload
     const revoked = yield* Deferred.make<void>()
     // A rebalance that kafkajs handled on its own (fetch loop, rejoin) revokes this batch too.
@@ -86,10 +92,35 @@ export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
     }).pipe(Semaphore.withPermit(commitLock))
     yield* Effect.sleep(runner.commitInterval).pipe(Effect.andThen(commit), Effect.forever, Effect.forkScoped)
 
+    // The message in flight and since when: a stuck handler is seen on the gauge and in the
+    // log while it is stuck, not only as lag once someone looks.
+    const inFlight = yield* Ref.make<{ readonly offset: string; readonly since: number; warned: boolean } | undefined>(undefined)
+    const oldestInFlight = Metric.withAttributes(consumerOldestInFlight, {
+      consumer_group: runner.consumerGroup,
+      topic: batch.topic,
+      partition: String(batch.partition),
+    })
+    const slowAfterMs = Duration.toMillis(runner.slowMessageWarning)
+    const watchInFlight = Effect.gen(function* () {
+      const current = yield* Ref.get(inFlight)
+      const ageMs = current === undefined ? 0 : (yield* Clock.currentTimeMillis) - current.since
+      yield* Metric.update(oldestInFlight, ageMs / 1000)
+      if (current !== undefined && !current.warned && ageMs >= slowAfterMs) {
+        current.warned = true
+        yield* Effect.logWarning("message in flight longer than slowMessageWarning; its partition waits behind it").pipe(
+          Effect.annotateLogs({ topic: batch.topic, partition: batch.partition, offset: current.offset, in_flight_ms: ageMs }),
+        )
+      }
+    })
+    yield* Effect.addFinalizer(() => Metric.update(oldestInFlight, 0))
+    yield* Effect.sleep(IN_FLIGHT_WATCH_INTERVAL).pipe(Effect.andThen(watchInFlight), Effect.forever, Effect.forkScoped)
+
     for (const kafkaMessage of batch.messages) {
       if (runner.isStopping() || (yield* isRevoked) || !payload.isRunning() || payload.isStale()) break
       const message = fromKafkaMessage(batch.topic, batch.partition, kafkaMessage)
+      yield* Ref.set(inFlight, { offset: kafkaMessage.offset, since: yield* Clock.currentTimeMillis, warned: false })
       const outcome = yield* runner.processMessage(message).pipe(Effect.raceFirst(Deferred.await(revoked).pipe(Effect.as(undefined))))
+      yield* Ref.set(inFlight, undefined)
       if (outcome === undefined) break
       yield* runner.afterMessage(outcome)
       payload.resolveOffset(kafkaMessage.offset)
@@ -105,10 +136,10 @@ export const processPartitionBatch = <R>(runner: BatchRunner<R>) =>
 
 export interface BatchHandOff {
   /** Runs the batch as a fiber of the consumer (a stop waits for it); the promise settles when it ends. */
-  readonly run: (payload: EachBatchPayload, term: MembershipTerm) => Promise<void>
+  readonly run: (payload: PartitionBatch, term: MembershipTerm) => Promise<void>
   readonly membership: GroupMembership
   readonly isStopping: () => boolean
-  readonly onBatchDefect: (error: unknown, payload: EachBatchPayload) => void
+  readonly onBatchDefect: (error: unknown, payload: PartitionBatch) => void
 }
 
 /** kafkajs' `eachBatch`: pauses the partition, starts its batch, returns without waiting for it. */
@@ -116,7 +147,7 @@ export const handOffBatch = (handOff: BatchHandOff) => {
   // The batch running per partition: a new batch of one waits for the last one to end, so
   // one partition never has two batches at once (its last owner term may still be winding down).
   const running = new Map<string, Promise<void>>()
-  return async (payload: EachBatchPayload): Promise<void> => {
+  return async (payload: PartitionBatch): Promise<void> => {
     if (handOff.isStopping()) return
     // The term the batch was fetched in: if a rebalance comes before its fiber starts, it starts revoked.
     const term = handOff.membership.currentTerm()

@@ -7,22 +7,27 @@
  * SQLSTATE (database-errors.ts); a data error in the inbox row is the message's, and gets
  * the handler's retry budget, then the dead-letter topic.
  */
-import { Cause, Effect, Option, Ref, Result, type Schema } from "effect"
+import { Cause, Duration, Effect, Option, Ref, Result, type Schema } from "effect"
 import { SqlClient, SqlError } from "effect/sql"
 import { type BackoffPolicy, backoffSchedule } from "../domain/backoff.ts"
+import { annotateConsumerOutcome, consumedEventAttributes } from "../telemetry/consumer-span.ts"
 import {
   type ConsumedEvent,
   type ConsumedMessage,
   decodePayload,
   dedupKeyProblem,
   externalParent,
+  type HeaderBounds,
+  headerBoundsProblem,
   headerProblem,
+  loggedKey,
   toConsumedEvent,
 } from "./consumed-message.ts"
 import type { StatsRecorder } from "./consumer-stats.ts"
 import { classifyDatabaseError, findSqlError } from "./database-errors.ts"
-import type { ConsumerDeadLetter, ConsumerDeadReason } from "./dead-letter.ts"
-import { type ConsumerKafkaError, DatabaseUnavailable, HandlerFailed, InboxRejected } from "./errors.ts"
+import { type ConsumerDeadLetter, type ConsumerDeadReason, publicErrorText } from "./dead-letter.ts"
+import type { DeadLetterPlace } from "./dead-letter-route.ts"
+import { DatabaseUnavailable, HandlerEndedTransaction, HandlerFailed, InboxRejected } from "./errors.ts"
 import { recordInInbox } from "./inbox-table.ts"
 
 export type MessageOutcome =
@@ -46,32 +51,126 @@ export interface MessageProcessor<A, E, R> {
   readonly retryBackoff: BackoffPolicy
   readonly outageBackoff: BackoffPolicy
   readonly stats: StatsRecorder
-  readonly publishDeadLetter: (letter: ConsumerDeadLetter) => Effect.Effect<void, ConsumerKafkaError>
+  /** Sends the dead letter where it fits (topic, trimmed, or the dead-letter table); never fails. */
+  readonly deadLetter: (
+    letter: ConsumerDeadLetter,
+    dedupKey: string | undefined,
+  ) => Effect.Effect<DeadLetterPlace, never, SqlClient.SqlClient>
+  /** An attempt of the handler running longer is cut off and counts as a failure (none: no limit). */
+  readonly handlerTimeout: Duration.Duration | undefined
+  readonly headerBounds: HeaderBounds
 }
 
+/**
+ * What a failure says, for logs and `dlq.error`. Never throws: whatever a handler threw (a
+ * Proxy whose traps throw, an object whose toString throws) is still the handler's failure.
+ */
 const describe = (cause: Cause.Cause<unknown>): string => {
-  const error = Cause.squash(cause)
-  return error instanceof Error ? error.message : typeof error === "string" ? error : Cause.pretty(cause)
+  try {
+    const error = Cause.squash(cause)
+    const text =
+      error instanceof Error
+        ? error.message
+        : typeof error === "string"
+          ? error
+          : typeof error === "object" && error !== null
+            ? (JSON.stringify(error) ?? String(error))
+            : String(error)
+    return publicErrorText(text)
+  } catch {
+    return "the handler failed with a value that cannot be described"
+  }
 }
 
-/** Runs the handler; any failure or defect becomes HandlerFailed, interruption stays interruption. */
+/** The failure, keeping what was thrown when it is an Error. */
+const handlerFailed = (message: string, thrown: unknown): HandlerFailed => {
+  try {
+    // Only an Error is kept: anything else (a Proxy whose traps throw) would throw wherever it is read later, outside the handler.
+    return new HandlerFailed({ message, cause: thrown instanceof Error ? thrown : undefined })
+  } catch {
+    return new HandlerFailed({ message, cause: undefined })
+  }
+}
+
+const squashed = (cause: Cause.Cause<unknown>): unknown => {
+  try {
+    return Cause.squash(cause)
+  } catch {
+    return undefined
+  }
+}
+
+/** What a handler returned instead of an Effect, for the error. */
+const kindOf = (value: unknown): string => {
+  if (value === null) return "null"
+  if (typeof value !== "object") return typeof value
+  try {
+    return typeof (value as { then?: unknown }).then === "function" ? "a Promise" : "an object"
+  } catch {
+    return "an object"
+  }
+}
+
+/**
+ * Runs the handler; any failure or defect becomes HandlerFailed, interruption stays
+ * interruption. A handler that returns something other than an Effect (a Promise, from an
+ * `async` handler) fails here: run as an Effect it would crash the fiber outside its
+ * finalizers and leave the inbox transaction open on its connection.
+ */
 const runHandler = <A, E, R>(
   handler: MessageProcessor<A, E, R>["handler"],
   event: ConsumedEvent<A>,
-): Effect.Effect<void, HandlerFailed, R> =>
-  Effect.suspend(() => handler(event)).pipe(
-    Effect.catchCause((cause) =>
-      Cause.hasInterruptsOnly(cause)
-        ? Effect.interrupt
-        : Effect.fail(new HandlerFailed({ message: describe(cause), cause: Cause.squash(cause) })),
-    ),
+  timeout: Duration.Duration | undefined,
+  onTimeout: Effect.Effect<void>,
+): Effect.Effect<void, HandlerFailed, R> => {
+  const attempt = Effect.suspend((): Effect.Effect<void, E | HandlerFailed, R> => {
+    let returned: unknown
+    try {
+      returned = handler(event)
+    } catch (thrown) {
+      // Caught here, not left to the runtime: a thrown value whose traps throw (a Proxy) must still be the handler's failure.
+      return Effect.fail(handlerFailed(describe(Cause.die(thrown)), thrown))
+    }
+    return Effect.isEffect(returned)
+      ? (returned as Effect.Effect<void, E, R>)
+      : Effect.fail(new HandlerFailed({ message: `the handler returned ${kindOf(returned)}, not an Effect`, cause: undefined }))
+  })
+  const bounded =
+    timeout === undefined
+      ? attempt
+      : attempt.pipe(
+          Effect.timeoutOrElse({
+            duration: timeout,
+            orElse: () =>
+              onTimeout.pipe(
+                Effect.andThen(
+                  Effect.fail(
+                    new HandlerFailed({ message: `the handler ran past handlerTimeout (${Duration.format(timeout)})`, cause: undefined }),
+                  ),
+                ),
+              ),
+          }),
+        )
+  return bounded.pipe(
+    Effect.catchCause((cause) => {
+      if (Cause.hasInterruptsOnly(cause)) return Effect.interrupt
+      const failure = cause.reasons.find(Cause.isFailReason)?.error
+      return failure instanceof HandlerFailed ? Effect.fail(failure) : Effect.fail(handlerFailed(describe(cause), squashed(cause)))
+    }),
   )
+}
 
 /**
  * Whose fault a failed attempt is: an outage of the database (wherever its SqlError came
  * from, the handler's own queries included), the inbox row's values, or the handler.
  */
-const blame = (cause: Cause.Cause<HandlerFailed | SqlError.SqlError>): DatabaseUnavailable | InboxRejected | HandlerFailed => {
+const blame = (
+  cause: Cause.Cause<HandlerFailed | HandlerEndedTransaction | SqlError.SqlError>,
+): DatabaseUnavailable | InboxRejected | HandlerFailed | HandlerEndedTransaction => {
+  const ended = cause.reasons.find(
+    (r): r is Cause.Fail<HandlerEndedTransaction> => Cause.isFailReason(r) && r.error instanceof HandlerEndedTransaction,
+  )?.error
+  if (ended !== undefined) return ended
   const handlerFailure = cause.reasons.find(
     (r): r is Cause.Fail<HandlerFailed> => Cause.isFailReason(r) && r.error instanceof HandlerFailed,
   )?.error
@@ -94,18 +193,25 @@ export const processMessage =
       const deadLetter = (dedupKey: string | undefined, reason: ConsumerDeadReason, error: string) =>
         Effect.gen(function* () {
           const tries = yield* Ref.get(attempts)
-          yield* p.publishDeadLetter({ message, consumerGroup: p.consumerGroup, reason, error, attempts: tries }).pipe(
-            Effect.tapError((e) =>
-              Effect.logWarning("dead-letter topic unreachable; retrying").pipe(Effect.annotateLogs({ error: e.message })),
-            ),
-            // A dead letter is never dropped: until it is published, the offset is not committed.
-            Effect.retry(backoffSchedule(p.outageBackoff)),
+          // A dead letter is never dropped: until it is somewhere, the offset is not committed.
+          const place = yield* p.deadLetter({ message, consumerGroup: p.consumerGroup, reason, error, attempts: tries }, dedupKey)
+          if (place._tag === "Topic") {
+            yield* p.stats.record("deadLettered")
+            if (place.trim !== "none") yield* p.stats.record("deadLettersTrimmed")
+          }
+          yield* Effect.logError("message dead-lettered").pipe(
+            Effect.annotateLogs({
+              reason,
+              error: publicErrorText(error),
+              attempts: tries,
+              place: place._tag === "Topic" ? `topic (trimmed: ${place.trim})` : "consumer_dead_letter",
+            }),
           )
-          yield* p.stats.record("deadLettered")
-          yield* Effect.logError("message dead-lettered").pipe(Effect.annotateLogs({ reason, error, attempts: tries }))
           return { _tag: "DeadLettered", message, dedupKey, reason, error, attempts: tries } satisfies MessageOutcome
         })
 
+      const oversized = headerBoundsProblem(message, p.headerBounds)
+      if (oversized !== undefined) return yield* deadLetter(undefined, oversized.reason, oversized.message)
       const dedupKey = p.dedupKeyOf(message)
       const keyProblem = dedupKeyProblem(dedupKey, message.malformedHeaders.includes("dedup_key"))
       if (keyProblem !== undefined || dedupKey === undefined) {
@@ -131,12 +237,27 @@ export const processMessage =
       const attemptOnce = sql
         .withTransaction(
           Effect.gen(function* () {
-            if (!(yield* recordInInbox(inboxEntry))) {
+            const recorded = yield* recordInInbox(inboxEntry)
+            if (!recorded.inserted) {
               yield* sql.afterCommit(p.stats.record("duplicates"))
               return "Duplicate" as const
             }
             const attempt = yield* Ref.updateAndGet(attempts, (n) => n + 1)
-            yield* runHandler(p.handler, toConsumedEvent(message, dedupKey, payload.success, attempt))
+            yield* runHandler(
+              p.handler,
+              toConsumedEvent(message, dedupKey, payload.success, attempt),
+              p.handlerTimeout,
+              p.stats.record("handlerTimeouts"),
+            )
+            // Still the transaction the inbox row was written in? A handler that ran COMMIT or
+            // ROLLBACK itself left it: the row and the effects are no longer one unit.
+            const [now] = yield* sql<{ txid: string | null }>`SELECT txid_current_if_assigned()::text AS txid`
+            if (now?.txid !== recorded.txid) {
+              return yield* new HandlerEndedTransaction({
+                message:
+                  "the handler ended the inbox transaction itself (it ran COMMIT or ROLLBACK): what it wrote is no longer protected by the inbox; not retried",
+              })
+            }
             yield* sql.afterCommit(p.stats.record("processed"))
             return "Processed" as const
           }),
@@ -150,26 +271,32 @@ export const processMessage =
         // too (the handler never ran, so `attempts` did not move).
         Effect.tapError((e) => (e._tag === "InboxRejected" ? Ref.update(attempts, (n) => n + 1) : Effect.void)),
         Effect.tapError((e) =>
-          e._tag === "DatabaseUnavailable"
-            ? Effect.gen(function* () {
-                yield* p.stats.record("databaseOutages")
-                yield* Effect.logWarning("inbox database unavailable; waiting in place").pipe(
-                  Effect.annotateLogs({ pg_code: e.code ?? "none", error: e.message }),
-                )
-              })
-            : Effect.gen(function* () {
-                yield* p.stats.record("handlerFailures")
-                const attempt = yield* Ref.get(attempts)
-                const what = e._tag === "InboxRejected" ? "inbox row rejected" : "handler failed"
-                yield* Effect.logWarning(attempt > p.maxRetries ? `${what}; no retries left` : `${what}; retrying with backoff`).pipe(
-                  Effect.annotateLogs({ error: e.message, attempt, ...(e._tag === "InboxRejected" ? { pg_code: e.code ?? "none" } : {}) }),
-                )
-              }),
+          e._tag === "HandlerEndedTransaction"
+            ? p.stats.record("handlerFailures")
+            : e._tag === "DatabaseUnavailable"
+              ? Effect.gen(function* () {
+                  yield* p.stats.record("databaseOutages")
+                  yield* Effect.logWarning("inbox database unavailable; waiting in place").pipe(
+                    Effect.annotateLogs({ pg_code: e.code ?? "none", error: e.message }),
+                  )
+                })
+              : Effect.gen(function* () {
+                  yield* p.stats.record("handlerFailures")
+                  const attempt = yield* Ref.get(attempts)
+                  const what = e._tag === "InboxRejected" ? "inbox row rejected" : "handler failed"
+                  yield* Effect.logWarning(attempt > p.maxRetries ? `${what}; no retries left` : `${what}; retrying with backoff`).pipe(
+                    Effect.annotateLogs({
+                      error: e.message,
+                      attempt,
+                      ...(e._tag === "InboxRejected" ? { pg_code: e.code ?? "none" } : {}),
+                    }),
+                  )
+                }),
         ),
         // The budget is read from `attempts`, not from the schedule, so it holds across outage waits.
         Effect.retry({
           schedule: backoffSchedule(p.retryBackoff),
-          while: (e) => e._tag !== "DatabaseUnavailable" && Ref.getUnsafe(attempts) <= p.maxRetries,
+          while: (e) => e._tag !== "DatabaseUnavailable" && e._tag !== "HandlerEndedTransaction" && Ref.getUnsafe(attempts) <= p.maxRetries,
         }),
         // Outages outlast any retry budget: the message waits in place (interruptibly: a stop or
         // revoke abandons it uncommitted).
@@ -188,13 +315,14 @@ export const processMessage =
       }
       return { _tag: "Processed", message, dedupKey, attempts: yield* Ref.get(attempts) } satisfies MessageOutcome
     }).pipe(
+      Effect.tap(annotateConsumerOutcome),
       Effect.annotateLogs({
         topic: message.topic,
         partition: message.partition,
         offset: message.offset,
-        event_id: message.headers.event_id ?? "",
-        dedup_key: message.headers.dedup_key ?? "",
-        request_id: message.headers.request_id ?? "",
+        event_id: loggedKey(message.headers.event_id),
+        dedup_key: loggedKey(message.headers.dedup_key),
+        request_id: loggedKey(message.headers.request_id),
       }),
       Effect.withSpan(`${message.topic} process`, {
         kind: "consumer",
@@ -206,7 +334,8 @@ export const processMessage =
           "messaging.consumer.group.name": p.consumerGroup,
           "messaging.destination.partition.id": String(message.partition),
           "messaging.kafka.offset": message.offset,
-          "messaging.message.id": message.headers.event_id ?? "",
+          "messaging.message.id": loggedKey(message.headers.event_id),
+          ...consumedEventAttributes(message),
         },
       }),
     ) as Effect.Effect<MessageOutcome, never, R | SqlClient.SqlClient>

@@ -14,6 +14,7 @@ import { InstanceId } from "../outbox/instance-id.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
 import { StuckRows } from "../outbox/stuck-rows.ts"
 import { RelayState } from "../relay/relay-state.ts"
+import { replaySpans } from "../telemetry/event-spans.ts"
 import { decodeDeadLetterQuery, decodeFreeRequest, decodeReplayRequest, decodeStuckQuery } from "./admin-requests.ts"
 import { bearerTokenCheck } from "./bearer-auth.ts"
 import { isBodyTooLarge, payloadTooLarge } from "./body-limit.ts"
@@ -123,8 +124,11 @@ const adminRoutes = (token: Redacted.Redacted<string>) =>
             .replay(selection, { actor, origin: "admin-api", dryRun })
             .pipe(Effect.mapError(databaseUnavailable))
           if (!dryRun) {
+            // The replay's own request id: the caller's, else one named after its audit line.
+            const requestId = request.headers["x-request-id"] ?? `replay-${result.auditId ?? "none"}`
+            yield* replaySpans(result.events, { requestId, auditId: result.auditId, actor })
             yield* Effect.logInfo("events replayed through the admin API").pipe(
-              Effect.annotateLogs({ actor, count: result.events.length, audit_id: result.auditId ?? undefined }),
+              Effect.annotateLogs({ actor, count: result.events.length, audit_id: result.auditId ?? undefined, request_id: requestId }),
             )
           }
           return {

@@ -3,6 +3,7 @@
  * GET /readyz: are PostgreSQL and Kafka reachable now (live checks, short timeouts)? And is
  * anything waiting on an operator (dead letters whose topic is missing, rows stuck beyond the
  * settings: "degraded", from the backlog gauges' last read)?
+ * It also shows whether spans reach the tracing backend, without letting that decide readiness.
  * Both answer JSON, 200 or 503.
  */
 import { Clock, Duration, Effect, Ref } from "effect"
@@ -15,6 +16,7 @@ import { degradedReport } from "../ops/backlog-problems.ts"
 import { OutboxBacklog } from "../outbox/backlog.ts"
 import { sqlErrorMessage } from "../outbox/sql-error.ts"
 import { RelayState } from "../relay/relay-state.ts"
+import { TraceExportHealth } from "../telemetry/trace-export-health.ts"
 import { json } from "./responses.ts"
 
 export interface CheckResult {
@@ -59,6 +61,7 @@ export const HealthRoutes = HttpRouter.use((router) =>
     const config = yield* RelayConfig
     const checks = yield* dependencyChecks
     const backlog = yield* OutboxBacklog
+    const tracing = yield* TraceExportHealth
     // Until the first cycle, the loop's age counts from here: a starting relay is not a stalled one.
     const startedAt = yield* Clock.currentTimeMillis
 
@@ -92,13 +95,15 @@ export const HealthRoutes = HttpRouter.use((router) =>
       Effect.gen(function* () {
         const results = yield* checks
         const stopping = yield* Ref.get(state.stopping)
+        // Tracing is shown, never counted: a failing backend must not stop relaying.
         const ready = results.database.ok && results.kafka.ok && !stopping
         // Degraded is still 200: the relay goes on with every key the problem does not touch,
         // and a 503 would take it out of service discovery (and its metrics out of scrapes)
         // exactly when the operator needs them, without fixing anything. The reasons say what to do.
         const degraded = degradedReport(yield* backlog.latest, config)
         const status = !ready ? "not_ready" : degraded.length > 0 ? "degraded" : "ready"
-        return json({ status, stopping, checks: results, degraded }, ready ? 200 : 503)
+        // Tracing is shown, never counted: a failing backend must not stop relaying.
+        return json({ status, stopping, checks: results, degraded, tracing: yield* tracing.status }, ready ? 200 : 503)
       }),
     )
   }),

@@ -1,7 +1,8 @@
 /** The dead-letter record: the original key, value and headers, plus why and when it died. */
+import type { Tracer } from "effect"
 import type { DeadReason } from "../domain/errors.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
-import type { OutboundRecord } from "./records.ts"
+import { isValidTraceparent, type OutboundRecord } from "./records.ts"
 
 export interface DeadLetter {
   readonly event: ClaimedEvent
@@ -11,6 +12,15 @@ export interface DeadLetter {
   readonly original: OutboundRecord | undefined
   /** The topic its event type maps to, if any. */
   readonly originalTopic: string | undefined
+  /** The span of its way to the DLQ, when tracing is on: the record's traceparent names it. */
+  readonly span?: Tracer.Span | undefined
+}
+
+/** Whoever reads the DLQ continues the event's trace: at the dead-letter span, else where the row's traceparent points. */
+const traceparentOf = (letter: DeadLetter): string | undefined => {
+  const { span, event } = letter
+  if (span !== undefined) return `00-${span.traceId}-${span.spanId}-${span.sampled ? "01" : "00"}`
+  return event.traceparent !== null && isValidTraceparent(event.traceparent) ? event.traceparent : undefined
 }
 
 /**
@@ -31,6 +41,7 @@ export const deadLetterRecord = (letter: DeadLetter, dlqTopic: string, failedAtM
     event_type: event.eventType,
     ...(event.requestId === null ? {} : { request_id: event.requestId }),
   }
+  const traceparent = traceparentOf(letter)
   const headers: Record<string, string> = {
     ...(trimmed ? relayHeaders : (original?.headers ?? relayHeaders)),
     "dlq.reason": letter.reason,
@@ -38,6 +49,7 @@ export const deadLetterRecord = (letter: DeadLetter, dlqTopic: string, failedAtM
     "dlq.attempts": String(event.attempts + 1),
     "dlq.original_topic": letter.originalTopic ?? "",
     "dlq.failed_at": new Date(failedAtMs).toISOString(),
+    ...(traceparent === undefined ? {} : { traceparent }),
   }
   if (trimmed) {
     headers["dlq.value_omitted"] = "true"

@@ -9,6 +9,7 @@ import { RelayConfig } from "../config/config.ts"
 import { backoffSchedule } from "../domain/backoff.ts"
 import type { DeadLetter } from "../kafka/dead-letter-record.ts"
 import { InstanceId } from "../outbox/instance-id.ts"
+import { inEventTrace } from "../telemetry/event-spans.ts"
 import { deadLetters } from "../telemetry/metrics.ts"
 
 export class WebhookFailed extends Data.TaggedError("WebhookFailed")<{ readonly message: string }> {}
@@ -84,7 +85,11 @@ export class DeadLetterSignal extends Context.Service<
               }
               yield* Metric.update(deadLetters, 1)
               const { type: _type, ...fields } = ticket
-              yield* Effect.logError("event dead-lettered").pipe(Effect.annotateLogs({ ops_ticket: true, ...fields }))
+              // The line leads to the event's own trace (its dead-letter span), not the batch's.
+              yield* Effect.logError("event dead-lettered").pipe(
+                Effect.annotateLogs({ ops_ticket: true, ...fields }),
+                inEventTrace(letter.event, letter.span),
+              )
               if (webhook !== undefined) yield* Effect.forkIn(post(ticket), scope)
             }),
           { discard: true },

@@ -1,6 +1,17 @@
 import { PgClient } from "@effect/sql-pg"
-import { Layer, type Redacted } from "effect"
+import { Layer, Redacted } from "effect"
 import { RelayConfig } from "../config/config.ts"
+
+/**
+ * The URL's host and port, given again on their own: the client's `postgres` spans take
+ * server.address and server.port only from these (else they say localhost:5432), and
+ * the same values change nothing about where it connects.
+ */
+const addressOf = (url: Redacted.Redacted<string>): { host?: string; port?: number } => {
+  const parsed = new URL(Redacted.value(url))
+  if (parsed.hostname === "" || parsed.searchParams.has("host")) return {}
+  return { host: parsed.hostname.replace(/^\[(.*)\]$/, "$1"), port: parsed.port === "" ? 5432 : Number(parsed.port) }
+}
 
 export const pgClientLayer = (
   url: Redacted.Redacted<string>,
@@ -9,6 +20,7 @@ export const pgClientLayer = (
 ) =>
   PgClient.layer({
     url,
+    ...addressOf(url),
     maxConnections,
     applicationName: "outbox-relay",
     connectTimeout: "5 seconds",

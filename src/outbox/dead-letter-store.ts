@@ -31,6 +31,9 @@ export interface DeadLetterRow {
   readonly attempts: number
   readonly last_error: string | null
   readonly created_at: string
+  readonly request_id: string | null
+  /** Where the event's trace continues: a replay writes its span there. */
+  readonly traceparent: string | null
 }
 
 export interface ReplayResult {
@@ -71,7 +74,8 @@ export class DeadLetterStore extends Context.Service<
 
       const select = (s: EventSelection, limit: number, lock: boolean) => sql<DeadLetterRow>`
         SELECT id::text, event_id::text, event_type, dedup_key, aggregate_key, status, dead_reason, attempts, last_error,
-               to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at
+               to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS created_at,
+               request_id, traceparent
           FROM outbox_event
          WHERE ${where(s)}
          ORDER BY id

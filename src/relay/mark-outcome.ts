@@ -4,6 +4,7 @@ import { RelayConfig } from "../config/config.ts"
 import { DeadLetterSignal } from "../ops/dead-letter-signal.ts"
 import { InstanceId } from "../outbox/instance-id.ts"
 import { type Lease, OutboxStore } from "../outbox/outbox-store.ts"
+import { annotateBatch } from "../telemetry/event-spans.ts"
 import { endToEndSeconds, leasesLost, publishDead, publishFailed, publishSent } from "../telemetry/metrics.ts"
 import { rowTraceContext } from "../telemetry/publish-spans.ts"
 import { markIsolating, withinLease } from "./mark-isolation.ts"
@@ -30,6 +31,7 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
   const store = yield* OutboxStore
   const config = yield* RelayConfig
   const signal = yield* DeadLetterSignal
+  yield* annotateBatch([...outcome.sent.map((s) => s.event), ...outcome.failed.map((f) => f.event), ...outcome.dead.map((d) => d.event)])
   const leaseOf = (event: { readonly id: string; readonly lease: string }): Lease => ({
     id: event.id,
     lease: leases.get(event.id) ?? event.lease,

@@ -12,12 +12,20 @@
  */
 import { Duration, Effect, Result, type Tracer } from "effect"
 import { RelayConfig } from "../config/config.ts"
-import { KafkaUnavailable, type KafkaUnknownTopic } from "../domain/errors.ts"
+import { KafkaUnavailable } from "../domain/errors.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import type { DeadLetter } from "../kafka/dead-letter-record.ts"
 import { Publisher } from "../kafka/publisher.ts"
+import {
+  annotateBatch,
+  batchAttributes,
+  endDeadLetterSpans,
+  endRouteSpans,
+  inEventTrace,
+  startDeadLetterSpans,
+} from "../telemetry/event-spans.ts"
 import { publishDurationSeconds } from "../telemetry/metrics.ts"
-import { endEventSpans, type PublishResult, startEventSpans } from "../telemetry/publish-spans.ts"
+import { type PublishResult, startEventSpans } from "../telemetry/publish-spans.ts"
 import { deliverDeadLetters, type LetterResult } from "./dead-letter-delivery.ts"
 import type { SendBudget } from "./lease-keeper.ts"
 import { type Publishable, planBatch } from "./publish-plan.ts"
@@ -25,9 +33,6 @@ import * as P from "./publish-progress.ts"
 import { decide, type PublishFailure } from "./retry-policy.ts"
 
 export type { BatchOutcome, DeadEvent, FailedEvent, SentEvent } from "./publish-progress.ts"
-
-const letterMessage = (letter: DeadLetter, error: KafkaUnavailable | KafkaUnknownTopic) =>
-  `dead letter (${letter.reason}: ${letter.error}) not published: ${error.message}`
 
 /** Each letter's result: on the DLQ (dead), refused by it (dead, dlq_rejected), waiting for it (failed), or untried. */
 const settleLetters = (p: P.Progress, results: ReadonlyArray<LetterResult>) =>
@@ -45,12 +50,14 @@ const settleLetters = (p: P.Progress, results: ReadonlyArray<LetterResult>) =>
         dead.push({ ...letter, reason: "dlq_rejected", error, letter: "refused" })
       } else if (r._tag === "Untried") untried.push(letter.event)
       else {
-        const message = letterMessage(letter, r.error)
+        const message = `dead letter (${letter.reason}) not published: ${r.error.message}`
         const decision = yield* decide(letter.event.attempts, { _tag: "DeadLetterUnavailable", message }, config)
         const retryInMs = decision._tag === "RetryLater" ? decision.delayMs : config.backoffMaxMs
         waiting.push({
           event: letter.event,
-          error: message,
+          // The row keeps why it died (what its letter's dlq.error will say), not why the letter
+          // waits: that is the row's state (FAILED with a dead reason), logged below, and gauged.
+          error: letter.error,
           retryInMs,
           // The event died once (that cost its attempt); waiting for its letter costs none.
           countsAttempt: letter.event.waitingDeadLetter === null,
@@ -58,23 +65,33 @@ const settleLetters = (p: P.Progress, results: ReadonlyArray<LetterResult>) =>
         })
       }
     }
-    const haltedBy = results.find((r) => r._tag === "Undelivered" && r.error.haltsPublishing)
+    const undelivered = results.filter((r) => r._tag === "Undelivered")
+    if (undelivered.length > 0) {
+      yield* Effect.logWarning("dead letters not published; their rows wait for the dead-letter topic").pipe(
+        Effect.annotateLogs({ count: undelivered.length, dlq_topic: config.dlqTopic, error: undelivered[0]!.error.message }),
+      )
+    }
+    const haltedBy = undelivered.find((r) => r.error.haltsPublishing)
     const next = P.givenBack(P.failed(P.dead(p, dead), waiting), untried)
     return haltedBy === undefined ? next : P.halted(next)
   })
 
 const KAFKA_DOWN = new KafkaUnavailable({ reason: "unreachable", message: "Kafka was unreachable for this batch", cause: null })
 
-/** Dead letters to the DLQ; once Kafka is known to be down they wait for it without a try. */
-const sendLetters = (p: P.Progress, letters: ReadonlyArray<DeadLetter>, budget: SendBudget) =>
+/**
+ * Dead letters to the DLQ; once Kafka is known to be down they wait for it without a try.
+ * `beforeSend`: these events were never offered to Kafka (said on their dead-letter spans).
+ */
+const sendLetters = (p: P.Progress, letters: ReadonlyArray<DeadLetter>, budget: SendBudget, beforeSend: boolean) =>
   Effect.gen(function* () {
     if (letters.length === 0) return p
-    if (p.kafkaUnavailable)
-      return yield* settleLetters(
-        p,
-        letters.map((letter) => ({ _tag: "Undelivered", letter, error: KAFKA_DOWN })),
-      )
-    return yield* settleLetters(p, yield* deliverDeadLetters(letters, budget))
+    const config = yield* RelayConfig
+    const traced = yield* startDeadLetterSpans(letters, config.dlqTopic, beforeSend)
+    const results: ReadonlyArray<LetterResult> = p.kafkaUnavailable
+      ? traced.map((letter) => ({ _tag: "Undelivered", letter, error: KAFKA_DOWN }))
+      : yield* deliverDeadLetters(traced, budget)
+    yield* endDeadLetterSpans(results)
+    return yield* settleLetters(p, results)
   })
 
 /** Events Kafka did not take: each retries after a delay, or dies and its letter goes to the DLQ. */
@@ -85,7 +102,7 @@ const settleFailures = (p: P.Progress, failures: ReadonlyArray<Publishable>, fai
       Effect.map(decide(item.event.attempts, failure, config), (decision) => ({ item, decision })),
     )
     const { progress, letters } = P.decided(p, decisions)
-    return yield* sendLetters(progress, letters, budget)
+    return yield* sendLetters(progress, letters, budget, false)
   })
 
 const sendRecords = (
@@ -110,7 +127,12 @@ const sendRecords = (
         Effect.withSpan("send", {
           kind: "client",
           links: eventSpans.map((span) => ({ span, attributes: {} })),
-          attributes: { "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.batch.message_count": ready.length },
+          attributes: {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.batch.message_count": ready.length,
+            ...batchAttributes(ready.map((item) => item.event)),
+          },
         }),
       ),
     )
@@ -173,17 +195,20 @@ export const publishBatch = Effect.fn("Relay.publishBatch")(function* (
   budget: SendBudget,
 ) {
   const config = yield* RelayConfig
+  yield* annotateBatch(events)
   const plan = planBatch(events, holdBack, config)
-  for (const event of plan.invalidTraceparents) {
-    yield* Effect.logWarning("invalid traceparent dropped; the event is published without it").pipe(
-      Effect.annotateLogs({ event_id: event.eventId, dedup_key: event.dedupKey, traceparent: event.traceparent }),
-    )
-  }
-  const afterLetters = yield* sendLetters(P.givenBack(P.EMPTY_PROGRESS, plan.givenBack), plan.deadLetters, budget)
+  const afterLetters = yield* sendLetters(P.givenBack(P.EMPTY_PROGRESS, plan.givenBack), plan.deadLetters, budget, true)
   const { ready, progress } = P.takeReady(afterLetters, plan.records)
   const traced = yield* startEventSpans(ready)
+  for (const event of plan.invalidTraceparents) {
+    // In the trace the event starts for itself (its publish span), not in the batch's.
+    yield* Effect.logWarning("invalid traceparent dropped; the event is published without it").pipe(
+      Effect.annotateLogs({ traceparent: event.traceparent }),
+      inEventTrace(event, traced.spans.get(event.id)),
+    )
+  }
   const done = yield* sendRecords(progress, traced.items, [...traced.spans.values()], budget)
-  yield* endEventSpans(traced.spans, routesOf(done))
+  yield* endRouteSpans(traced.spans, routesOf(done), done.kafkaUnavailable)
   return {
     sent: done.sent.map((s) => ({ ...s, span: traced.spans.get(s.event.id) })),
     failed: done.failed,

@@ -74,3 +74,18 @@ export const resends = Metric.counter("outbox_resends_total", {
     "Records in a Kafka send that failed after it was handed to the producer (some may have landed); each is sent again, as a record or a dead letter: possible duplicates no lease takeover explains",
   incremental: true,
 })
+
+export const traceExports = Metric.counter("outbox_trace_exports_total", {
+  description: "Span exports to the tracing backend by outcome: success, failure (its spans are lost)",
+  incremental: true,
+})
+export const traceExportsSucceeded = Metric.withAttributes(traceExports, { outcome: "success" })
+export const traceExportsFailed = Metric.withAttributes(traceExports, { outcome: "failure" })
+
+export const traceSpansDropped = Metric.counter("outbox_trace_spans_dropped_total", {
+  description:
+    "Spans that never reached the tracing backend: export_failed (the backend refused or was unreachable), queue_full (spans ended faster than they were exported)",
+  incremental: true,
+})
+export const spansDroppedExportFailed = Metric.withAttributes(traceSpansDropped, { reason: "export_failed" })
+export const spansDroppedQueueFull = Metric.withAttributes(traceSpansDropped, { reason: "queue_full" })

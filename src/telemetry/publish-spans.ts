@@ -12,8 +12,21 @@ import { isValidTraceparent, type OutboundRecord } from "../kafka/records.ts"
 /** True when spans are exported (TelemetryLive with an OTLP endpoint); per-event spans are made only then. */
 export const TracingEnabled = Context.Reference<boolean>("outbox-relay/TracingEnabled", { defaultValue: () => false })
 
+/** What a span needs to know of an event: a claimed row, or a row an operator replays. */
+export type EventIdentity = Pick<ClaimedEvent, "eventId" | "eventType" | "dedupKey" | "requestId" | "traceparent" | "attempts">
+
+/** The tags every span of an event carries: what an operator searches by. */
+export const eventAttributes = (event: EventIdentity): Record<string, unknown> => ({
+  event_id: event.eventId,
+  event_type: event.eventType,
+  dedup_key: event.dedupKey,
+  "messaging.message.id": event.eventId,
+  "outbox.attempt": event.attempts + 1,
+  ...(event.requestId === null ? {} : { request_id: event.requestId }),
+})
+
 /** The row's traceparent as a parent span, or undefined when it has none or an invalid one. */
-export const rowTraceContext = (event: ClaimedEvent): Tracer.ExternalSpan | undefined => {
+export const rowTraceContext = (event: Pick<ClaimedEvent, "traceparent">): Tracer.ExternalSpan | undefined => {
   if (event.traceparent === null || !isValidTraceparent(event.traceparent)) return undefined
   const [, traceId, spanId, flags] = event.traceparent.split("-")
   return Tracer.externalSpan({ traceId: traceId!, spanId: spanId!, sampled: (Number.parseInt(flags!, 16) & 1) === 1 })
@@ -33,13 +46,8 @@ export const startPublishSpan = (event: ClaimedEvent, record: OutboundRecord): E
       "messaging.operation.name": "publish",
       "messaging.operation.type": "send",
       "messaging.destination.name": record.topic,
-      "messaging.message.id": event.eventId,
       "messaging.kafka.message.key": record.key,
-      event_id: event.eventId,
-      event_type: event.eventType,
-      dedup_key: event.dedupKey,
-      "outbox.attempt": event.attempts + 1,
-      ...(event.requestId === null ? {} : { request_id: event.requestId }),
+      ...eventAttributes(event),
     },
   })
 }

@@ -102,11 +102,15 @@ describe("idempotent consumer: a revoke while the COMMIT is in flight", () => {
             retryBackoff: { baseMs: 10, maxMs: 10 },
             outageBackoff: { baseMs: 10, maxMs: 10 },
             stats,
-            publishDeadLetter: () => Effect.die(new Error("nothing is dead-lettered here")),
+            deadLetter: () => Effect.die(new Error("nothing is dead-lettered here")),
+            handlerTimeout: undefined,
+            headerBounds: { maxHeaders: 100, maxHeaderBytes: 65_536 },
           }),
           afterMessage: () => Effect.void,
           isStopping: () => false,
           commitInterval: Duration.hours(1),
+          consumerGroup: groupId,
+          slowMessageWarning: Duration.seconds(30),
         })
         const message: KafkaMessage = {
           key: Buffer.from("session-1"),

@@ -10,7 +10,6 @@ import { SqlClient } from "effect/sql"
 import { applySearchClick, type SearchClick } from "../../examples/search-clicks-projection/projection.ts"
 import type { ConsumedEvent, MessageOutcome } from "../../src/consumer.ts"
 import {
-  committedOffsets,
   createTopics,
   expectedCounts,
   failingWhile,
@@ -25,6 +24,8 @@ import {
   startProjection,
   type TestClick,
   waitForStats,
+  waitUntil,
+  waitUntilFullyCommitted,
 } from "../support/consumer-harness.ts"
 import { readTopics } from "../support/kafka-reader.ts"
 import { sqlLayer } from "../support/test-database.ts"
@@ -56,8 +57,9 @@ describe("idempotent consumer", () => {
         const original = yield* readTopics([s.topic], { expected: 60 })
 
         yield* republish(original)
-        const stats = yield* waitForStats(consumer, (st) => st.duplicates === 60)
-        yield* Effect.sleep("1 second")
+        yield* waitForStats(consumer, (st) => st.duplicates === 60)
+        yield* waitUntilFullyCommitted(s.groupId, s.topic)
+        const stats = yield* consumer.handle.stats
 
         expect(yield* readClickCounts(s.db.url)).toEqual(expectedCounts(sent.map((c) => c.query)))
         expect(yield* inboxKeys(s.db.url, s.groupId)).toEqual(sent.map((c) => c.dedupKey).sort())
@@ -96,8 +98,9 @@ describe("idempotent consumer", () => {
         expect(yield* inboxKeys(s.db.url, s.groupId)).toContain(crashedAt.dedupKey)
 
         const second = yield* startProjection(s.db.url, s)
-        const secondStats = yield* waitForStats(second, (st) => st.processed + firstStats.processed === 40)
-        yield* Effect.sleep("1 second")
+        yield* waitForStats(second, (st) => st.processed + firstStats.processed === 40)
+        yield* waitUntilFullyCommitted(s.groupId, s.topic)
+        const secondStats = yield* second.handle.stats
         console.log(
           `[consumer crash] first consumer processed ${firstStats.processed}; second processed ${secondStats.processed}, skipped ${secondStats.duplicates} duplicates`,
         )
@@ -148,8 +151,7 @@ describe("idempotent consumer", () => {
         expect(byReason("invalid_payload").map((m) => m.headers["dlq.attempts"])).toEqual(["0"])
         expect((yield* readClickCounts(s.db.url)).socks).toBeUndefined()
         // Dead-lettered messages were committed past: the group is at the end of every partition.
-        yield* Effect.sleep("1500 millis")
-        const offsets = yield* committedOffsets(s.groupId, s.topic)
+        const offsets = yield* waitUntilFullyCommitted(s.groupId, s.topic)
         expect(offsets.committed).toEqual(offsets.end)
 
         // The bug is fixed; the dead letters are replayed, then replayed again by mistake.
@@ -157,8 +159,9 @@ describe("idempotent consumer", () => {
         const replayable = byReason("handler_failed")
         yield* replayDeadLetters(replayable)
         yield* replayDeadLetters(replayable)
-        const after = yield* waitForStats(consumer, (st) => st.duplicates === socks.length && st.processed === 30)
-        yield* Effect.sleep("1 second")
+        yield* waitForStats(consumer, (st) => st.duplicates === socks.length && st.processed === 30)
+        yield* waitUntilFullyCommitted(s.groupId, s.topic)
+        const after = yield* consumer.handle.stats
         expect(after.deadLettered).toBe(socks.length + 2)
         expect(yield* readClickCounts(s.db.url)).toEqual(expectedCounts(sent.map((c) => c.query)))
       }),
@@ -217,12 +220,14 @@ describe("idempotent consumer", () => {
         const a = yield* startProjection(s.db.url, options)
         yield* waitForStats(a, (st) => st.processed >= 10)
         const b = yield* startProjection(s.db.url, options)
-        for (let i = 0; i < 600; i++) {
-          const [sa, sb] = [yield* a.handle.stats, yield* b.handle.stats]
-          if (sa.processed + sb.processed >= 180) break
-          yield* Effect.sleep("100 millis")
-        }
-        yield* Effect.sleep("1 second")
+        yield* waitUntil(
+          "all 180 clicks processed by A and B",
+          Effect.all([a.handle.stats, b.handle.stats]).pipe(
+            Effect.map(([sa, sb]) => (sa.processed + sb.processed >= 180 ? true : undefined)),
+          ),
+          60_000,
+        )
+        yield* waitUntilFullyCommitted(s.groupId, s.topic, 60_000)
         const [sa, sb] = [yield* a.handle.stats, yield* b.handle.stats]
         console.log(
           `[rebalance] consumer A processed ${sa.processed} (skipped ${sa.duplicates}), consumer B processed ${sb.processed} (skipped ${sb.duplicates})`,

@@ -15,6 +15,7 @@ import {
   readClickCounts,
   startProjection,
   waitForStats,
+  waitUntilFullyCommitted,
 } from "../support/consumer-harness.ts"
 import { readTopics } from "../support/kafka-reader.ts"
 import { relayConfig, startRelay, withTestTopics } from "../support/relay-harness.ts"
@@ -128,7 +129,8 @@ describe("effectively once, end to end", () => {
         const duplicatedOnKafka = [...copies].filter(([, n]) => n > 1).map(([key]) => key)
 
         const stats = yield* waitForStats(consumer, (s) => s.processed + s.duplicates === total)
-        yield* Effect.sleep("1 second")
+        // Past this point nothing can be delivered to the group again, so its counts are final.
+        yield* waitUntilFullyCommitted(groupId, topic)
         const finalStats = yield* consumer.handle.stats
         console.log(
           [

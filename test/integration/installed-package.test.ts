@@ -215,7 +215,7 @@ describe("the packed package installed into a user's project", () => {
 
     const script = installed("outbox-relay", "scripts", "patch-kafkajs.mjs")
     const asked = ok(await run(process.execPath, [script], scratch, { OUTBOX_RELAY_PATCH_KAFKAJS: "1" }), "patch-kafkajs")
-    expect(asked.stdout).toContain(`patched 2 file(s) of kafkajs ${versionOf("kafkajs")} at ${installed("kafkajs")}`)
+    expect(asked.stdout).toContain(`patched 3 file(s) of kafkajs ${versionOf("kafkajs")} at ${installed("kafkajs")}`)
     expect(readFileSync(encoder, "utf8").startsWith(PATCH_MARKER)).toBe(true)
   })
 

@@ -9,6 +9,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { SqlClient } from "effect/sql"
 import { readTopics } from "../support/kafka-reader.ts"
+import { type DecodedSpan, decodeTraceRequest } from "../support/otlp-protobuf.ts"
 import { openStore, relayConfig, withTestTopics } from "../support/relay-harness.ts"
 import { eventually, startRun } from "../support/run-harness.ts"
 import { sqlLayer, testDatabase } from "../support/test-database.ts"
@@ -82,7 +83,11 @@ describe("tracing", () => {
         const topic = topics.map.search_click!
         const traceId = randomBytes(16).toString("hex")
         const parentSpanId = randomBytes(8).toString("hex")
-        const config = relayConfig(db.url, { ...topics.env, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: receiver.url })
+        const config = relayConfig(db.url, {
+          ...topics.env,
+          OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: receiver.url,
+          OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json",
+        })
         yield* (yield* openStore(config)).append([
           {
             dedupKey: "traced-1",
@@ -155,6 +160,74 @@ describe("tracing", () => {
         const linked = new Set(sends.flatMap((s) => (s.span.links ?? []).map((l) => hex(l.spanId))))
         expect(linked).toContain(hex(traced.span.spanId))
         expect(linked).toContain(hex(untraced.span.spanId))
+      }),
+    120_000,
+  )
+  it.live(
+    "exports over OTLP/HTTP protobuf by default (the spec's default), with OTEL_EXPORTER_OTLP_HEADERS on each request",
+    () =>
+      Effect.gen(function* () {
+        const received = yield* Effect.acquireRelease(
+          Effect.callback<{ url: string; spans: Array<DecodedSpan>; requests: Array<IncomingMessage["headers"]>; close: () => void }>(
+            (resume) => {
+              const spans: Array<DecodedSpan> = []
+              const requests: Array<IncomingMessage["headers"]> = []
+              const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+                const chunks: Array<Buffer> = []
+                req.on("data", (c: Buffer) => chunks.push(c))
+                req.on("end", () => {
+                  if (req.method === "POST" && req.url === "/v1/traces" && req.headers["content-type"] === "application/x-protobuf") {
+                    requests.push(req.headers)
+                    spans.push(...decodeTraceRequest(Buffer.concat(chunks)))
+                    // An empty ExportTraceServiceResponse.
+                    res.writeHead(200, { "content-type": "application/x-protobuf" }).end()
+                  } else {
+                    res.writeHead(415).end()
+                  }
+                })
+              })
+              server.listen(0, "127.0.0.1", () => {
+                const address = server.address()
+                const port = typeof address === "object" && address !== null ? address.port : 0
+                resume(Effect.succeed({ url: `http://127.0.0.1:${port}`, spans, requests, close: () => server.close() }))
+              })
+            },
+          ),
+          (r) => Effect.sync(r.close),
+        )
+        const db = yield* testDatabase()
+        const topics = yield* withTestTopics(["search_click"])
+        const config = relayConfig(db.url, {
+          ...topics.env,
+          OTEL_EXPORTER_OTLP_ENDPOINT: received.url,
+          OTEL_EXPORTER_OTLP_HEADERS: "authorization=Bearer%20proto-test",
+        })
+        yield* (yield* openStore(config)).append([
+          { dedupKey: "proto-1", eventType: "search_click", payload: { q: "boots" }, requestId: "req-proto-1" },
+        ])
+        yield* Effect.scoped(
+          Effect.gen(function* () {
+            yield* startRun(config)
+            yield* eventually(
+              Effect.gen(function* () {
+                const sql = yield* SqlClient.SqlClient
+                return yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM outbox_event WHERE status = 'SENT'`
+              }).pipe(Effect.provide(sqlLayer(db.url)), Effect.orDie),
+              (rows) => rows[0]?.n === 1,
+              30_000,
+              "the event SENT",
+            )
+          }),
+        )
+        const publish = received.spans.filter((s) => s.attributes.request_id === "req-proto-1")
+        expect(publish).toHaveLength(1)
+        expect(publish[0]).toMatchObject({
+          name: `publish ${topics.map.search_click}`,
+          kind: 4,
+          attributes: { dedup_key: "proto-1", event_type: "search_click", "outbox.outcome": "sent" },
+        })
+        expect(publish[0]!.traceId).toMatch(/^[0-9a-f]{32}$/)
+        expect(received.requests.every((h) => h.authorization === "Bearer proto-test")).toBe(true)
       }),
     120_000,
   )

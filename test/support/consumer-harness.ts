@@ -294,6 +294,23 @@ export const waitUntil = <A>(what: string, check: Effect.Effect<A | undefined>, 
     }
   })
 
+/**
+ * Waits until the group has committed every partition of `topic` to its end: past that point
+ * nothing can be delivered to the group again, so its counts are final (an outcome to wait
+ * for, where a test would otherwise sleep "long enough" to show that nothing more happens).
+ */
+export const waitUntilFullyCommitted = (groupId: string, topic: string, timeoutMs = 30_000) =>
+  waitUntil(
+    `group ${groupId} committed to the end of every partition of ${topic}`,
+    committedOffsets(groupId, topic).pipe(
+      Effect.map((o) => {
+        const ends = Object.entries(o.end)
+        return ends.length > 0 && ends.every(([p, end]) => o.committed[Number(p)] === end) ? o : undefined
+      }),
+    ),
+    timeoutMs,
+  )
+
 /** Sets a group's committed offsets while it has no members (what an earlier run would have left). */
 export const setCommittedOffsets = (groupId: string, topic: string, partitions: ReadonlyArray<{ partition: number; offset: string }>) =>
   Effect.promise(async () => {

@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest"
 import { parseConfig } from "../../src/config/config.ts"
 import { parseDurationMs } from "../../src/config/settings.ts"
 import { DEFAULT_TOPIC_MAP } from "../../src/domain/event-types.ts"
-import { otlpTracesUrl } from "../../src/telemetry/telemetry.ts"
+import { otlpTracesUrl, traceExportOf } from "../../src/telemetry/trace-export-settings.ts"
 
 const valid = { DATABASE_URL: "postgres://app:s3cret@db:5432/app", KAFKA_BROKERS: "k1:9092, k2:9092" }
 
@@ -49,6 +49,46 @@ describe("configuration", () => {
     )
   })
 
+  it("chooses the exporter as the OpenTelemetry SDKs do: protobuf by default, the traces-specific variable wins", () => {
+    const choice = (env: Record<string, string>) => traceExportOf(Result.getOrThrow(parseConfig({ ...valid, ...env })))
+    // Unset with no endpoint: off, as before OTEL_TRACES_EXPORTER was read.
+    expect(choice({})).toEqual({ _tag: "none" })
+    expect(choice({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", OTEL_TRACES_EXPORTER: "none" })).toEqual({ _tag: "none" })
+    expect(choice({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318" })).toEqual({
+      _tag: "otlp",
+      url: "http://c:4318/v1/traces",
+      protocol: "http/protobuf",
+      headers: {},
+      timeoutMs: 10_000,
+    })
+    expect(choice({ OTEL_TRACES_EXPORTER: "otlp" })).toMatchObject({ url: "http://localhost:4318/v1/traces" })
+    expect(
+      choice({
+        OTEL_TRACES_EXPORTER: "otlp",
+        OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json",
+        OTEL_EXPORTER_OTLP_HEADERS: "authorization=Bearer%20abc,x-a=1",
+        OTEL_EXPORTER_OTLP_TRACES_HEADERS: "x-a=2",
+        OTEL_EXPORTER_OTLP_TIMEOUT: "5000",
+        OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: "2000",
+      }),
+    ).toMatchObject({ protocol: "http/json", headers: { authorization: "Bearer abc", "x-a": "2" }, timeoutMs: 2000 })
+    expect(choice({ OTEL_TRACES_EXPORTER: "zipkin" })).toEqual({
+      _tag: "zipkin",
+      url: "http://localhost:9411/api/v2/spans",
+      timeoutMs: 10_000,
+    })
+    expect(choice({ OTEL_TRACES_EXPORTER: "ZIPKIN", OTEL_EXPORTER_ZIPKIN_ENDPOINT: "http://z:9411/api/v2/spans" })).toMatchObject({
+      url: "http://z:9411/api/v2/spans",
+    })
+    expect(choice({ OTEL_TRACES_EXPORTER: "console" })).toEqual({ _tag: "console" })
+  })
+
+  it("never prints OTLP headers: they carry the backend's credentials", () => {
+    const c = Result.getOrThrow(parseConfig({ ...valid, OTEL_EXPORTER_OTLP_HEADERS: "authorization=Bearer%20topsecret" }))
+    expect(JSON.stringify(c)).not.toContain("topsecret")
+  })
+
   it("keeps secrets redacted in every rendering", () => {
     const c = Result.getOrThrow(
       parseConfig({ ...valid, KAFKA_SASL_MECHANISM: "plain", KAFKA_SASL_USERNAME: "u", KAFKA_SASL_PASSWORD: "hunter2hunter2" }),
@@ -90,6 +130,15 @@ describe("configuration", () => {
     ["READY_TIMEOUT_MS", "99999"],
     ["OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"],
     ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://collector:4317"],
+    ["OTEL_TRACES_EXPORTER", "jaeger"],
+    ["OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"],
+    ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift"],
+    ["OTEL_EXPORTER_OTLP_HEADERS", "no-equals-sign"],
+    ["OTEL_EXPORTER_OTLP_TIMEOUT", "fast"],
+    ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0"],
+    ["OTEL_EXPORTER_ZIPKIN_ENDPOINT", "zipkin:9411"],
+    ["OTEL_TRACES_SAMPLER", "sometimes"],
+    ["OTEL_TRACES_SAMPLER_ARG", "1.5"],
     ["HTTP_HOST", "http://127.0.0.1"],
     ["HTTP_HOST", "127.0.0.1:8080"],
   ])("rejects %s=%s naming the variable", (name, value) => {
