@@ -23,7 +23,8 @@ export interface ClaimedEvent {
   readonly headers: string
   /**
    * Set when the row is larger than the relay can carry (MAX_RECORD_BYTES, counted over every
-   * column that goes into the record): the event can only be dead-lettered. The claim did not
+   * column that goes into the record, or a text column beyond its ROW_LIMITS bound): the event
+   * can only be dead-lettered. The claim did not
    * fetch its payload and headers (empty stand-ins here), nor any text column beyond its bound
    * (its first 64 characters and its size stand in for it).
    */
@@ -50,8 +51,10 @@ export type RecordColumn = "payload" | "headers" | "event_type" | "aggregate_key
 export interface Oversize {
   /** The row's record columns together, in bytes (UTF-8 text; the key counted once more as a header). */
   readonly bytes: number
-  /** The largest of them: what the operator must look at. */
+  /** The column that makes the row too large: one beyond its bound, else the largest. */
   readonly column: RecordColumn
+  /** Set when `column` is beyond its own bound (ROW_LIMITS; a table whose constraints were dropped). */
+  readonly columnLimit: number | null
 }
 
 export type EventStatus = "NEW" | "SENT" | "FAILED" | "DEAD"

@@ -73,7 +73,16 @@ export const buildRecord = (
   topics: TopicMap,
   maxRecordBytes: number = Number.POSITIVE_INFINITY,
 ): Result.Result<OutboundRecord, InvalidEvent> => {
-  if (event.oversize !== null) return Result.fail(tooLarge(event.oversize.bytes, maxRecordBytes, event.oversize.column))
+  if (event.oversize !== null) {
+    const { bytes, column, columnLimit } = event.oversize
+    if (columnLimit === null) return Result.fail(tooLarge(bytes, maxRecordBytes, column))
+    return Result.fail(
+      new InvalidEvent({
+        reason: "message_too_large",
+        message: `its ${column} is over the table's limit of ${columnLimit} bytes (the event is ${bytes} bytes)`,
+      }),
+    )
+  }
   const topic = topicFor(topics, event.eventType)
   if (topic === undefined) {
     return Result.fail(

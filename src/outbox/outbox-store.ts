@@ -71,6 +71,8 @@ interface ClaimRow {
   /** Set only for a row too large to carry (then payload and headers are NULL). */
   readonly oversize_bytes: number | null
   readonly oversize_column: RecordColumn | null
+  /** The text column beyond its ROW_LIMITS bound, if that is why the row cannot be carried. */
+  readonly beyond_column: BoundedColumn | null
   readonly request_id: string | null
   readonly traceparent: string | null
   readonly attempts: number
@@ -89,7 +91,14 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
   aggregateKey: r.aggregate_key,
   payload: r.payload ?? "null",
   headers: r.headers ?? "{}",
-  oversize: r.oversize_bytes === null ? null : { bytes: Number(r.oversize_bytes), column: r.oversize_column ?? "payload" },
+  oversize:
+    r.oversize_bytes === null
+      ? null
+      : {
+          bytes: Number(r.oversize_bytes),
+          column: r.oversize_column ?? "payload",
+          columnLimit: r.beyond_column === null ? null : COLUMN_BOUNDS[r.beyond_column],
+        },
   requestId: r.request_id,
   traceparent: r.traceparent,
   attempts: r.attempts,
@@ -105,6 +114,22 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
  * row); the rest never leaves the server. left() reads only the first slice of a TOASTed value.
  */
 const standIn = (column: string) => `left(${column}, 64) || '… (' || octet_length(${column}) || ' bytes)'`
+
+type BoundedColumn = "event_type" | "aggregate_key" | "dedup_key" | "request_id" | "traceparent"
+
+/** The bound of each text column (ROW_LIMITS): the table's CHECK constraints, unless they were dropped. */
+const COLUMN_BOUNDS: Readonly<Record<BoundedColumn, number>> = {
+  event_type: ROW_LIMITS.eventTypeBytes,
+  aggregate_key: ROW_LIMITS.aggregateKeyBytes,
+  dedup_key: ROW_LIMITS.dedupKeyBytes,
+  request_id: ROW_LIMITS.requestIdBytes,
+  traceparent: ROW_LIMITS.traceparentBytes,
+}
+
+/** The first text column of a candidate beyond its bound, or NULL. */
+const BEYOND_BOUND = `CASE ${Object.entries(COLUMN_BOUNDS)
+  .map(([column, bound]) => `WHEN c.${column}_bytes > ${bound} THEN '${column}'`)
+  .join(" ")} END`
 
 /** The largest record column of a claimed row (named as in RecordColumn), from the sizes `eligible` measured. */
 const LARGEST_COLUMN = `(SELECT v.name FROM (VALUES ('payload', e.payload_bytes), ('headers', e.headers_bytes),
@@ -163,6 +188,9 @@ export class OutboxStore extends Context.Service<
       const leaseSeconds = config.leaseMs / 1000
       const maxBytes = config.maxRecordBytes
       const unsafe = (fragment: string) => sql.literal(fragment)
+      // What the relay can carry: every text column within its bound (a longer one costs more than
+      // it is worth, e.g. kafkajs took 16 s to send one 150 kB key), and the record within MAX_RECORD_BYTES.
+      const fits = sql`(e.beyond_column IS NULL AND e.record_bytes <= ${maxBytes})`
 
       const claimDue = (limit: number, after = "0") =>
         // SKIP LOCKED lets instances claim side by side without waiting on each other.
@@ -193,16 +221,17 @@ export class OutboxStore extends Context.Service<
             -- The record's text columns: the key, and the columns that become headers
             -- (dedup_key counted again when it is the key).
             SELECT c.*, c.event_type_bytes + c.dedup_key_bytes + coalesce(c.aggregate_key_bytes, c.dedup_key_bytes)
-                          + coalesce(c.request_id_bytes, 0) + coalesce(c.traceparent_bytes, 0) AS text_bytes
+                          + coalesce(c.request_id_bytes, 0) + coalesce(c.traceparent_bytes, 0) AS text_bytes,
+                   ${unsafe(BEYOND_BOUND)} AS beyond_column
               FROM candidates c
           ), eligible AS MATERIALIZED (
             -- The JSON text is made once, here, so its size can be checked before it is sent:
             -- only for the rows this claim takes, and not at all when the text columns alone are
             -- too large (printing a 17 MiB jsonb takes a second of the lease on a busy server).
             SELECT t.id, left(t.locked_by, 1024) AS previous_owner, t.event_type_bytes, t.aggregate_key_bytes, t.dedup_key_bytes,
-                   t.request_id_bytes, t.traceparent_bytes, t.text_bytes,
-                   CASE WHEN t.text_bytes <= ${maxBytes} THEN t.payload::text END AS payload_text,
-                   CASE WHEN t.text_bytes <= ${maxBytes} THEN t.headers::text END AS headers_text,
+                   t.request_id_bytes, t.traceparent_bytes, t.text_bytes, t.beyond_column,
+                   CASE WHEN t.beyond_column IS NULL AND t.text_bytes <= ${maxBytes} THEN t.payload::text END AS payload_text,
+                   CASE WHEN t.beyond_column IS NULL AND t.text_bytes <= ${maxBytes} THEN t.headers::text END AS headers_text,
                    pg_column_size(t.payload)::bigint AS payload_stored, pg_column_size(t.headers)::bigint AS headers_stored
               FROM texts t
              WHERE t.aggregate_key IS NULL
@@ -232,20 +261,21 @@ export class OutboxStore extends Context.Service<
                     -- A row too large to carry is claimed without its content and without any
                     -- column beyond its bound; it is dead-lettered. The aggregate_key is kept
                     -- whole unless it alone is too large, so every row of a key names it alike.
-                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.dedup_key_bytes <= ${ROW_LIMITS.dedupKeyBytes}
+                    CASE WHEN ${fits} OR e.dedup_key_bytes <= ${ROW_LIMITS.dedupKeyBytes}
                          THEN o.dedup_key ELSE ${unsafe(standIn("o.dedup_key"))} END AS dedup_key,
-                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.event_type_bytes <= ${ROW_LIMITS.eventTypeBytes}
+                    CASE WHEN ${fits} OR e.event_type_bytes <= ${ROW_LIMITS.eventTypeBytes}
                          THEN o.event_type ELSE ${unsafe(standIn("o.event_type"))} END AS event_type,
-                    CASE WHEN e.aggregate_key_bytes IS NULL OR e.aggregate_key_bytes <= ${maxBytes}
+                    CASE WHEN e.aggregate_key_bytes IS NULL OR e.aggregate_key_bytes <= ${ROW_LIMITS.aggregateKeyBytes}
                          THEN o.aggregate_key ELSE ${unsafe(standIn("o.aggregate_key"))} END AS aggregate_key,
-                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.request_id_bytes <= ${ROW_LIMITS.requestIdBytes}
+                    CASE WHEN ${fits} OR e.request_id_bytes <= ${ROW_LIMITS.requestIdBytes}
                          THEN o.request_id ELSE ${unsafe(standIn("o.request_id"))} END AS request_id,
-                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.traceparent_bytes <= ${ROW_LIMITS.traceparentBytes}
+                    CASE WHEN ${fits} OR e.traceparent_bytes <= ${ROW_LIMITS.traceparentBytes}
                          THEN o.traceparent ELSE ${unsafe(standIn("o.traceparent"))} END AS traceparent,
-                    CASE WHEN e.record_bytes <= ${maxBytes} THEN e.payload_text END AS payload,
-                    CASE WHEN e.record_bytes <= ${maxBytes} THEN e.headers_text END AS headers,
-                    CASE WHEN e.record_bytes > ${maxBytes} THEN e.record_bytes::float8 END AS oversize_bytes,
-                    CASE WHEN e.record_bytes > ${maxBytes} THEN ${unsafe(LARGEST_COLUMN)} END AS oversize_column,
+                    CASE WHEN ${fits} THEN e.payload_text END AS payload,
+                    CASE WHEN ${fits} THEN e.headers_text END AS headers,
+                    CASE WHEN NOT ${fits} THEN e.record_bytes::float8 END AS oversize_bytes,
+                    CASE WHEN NOT ${fits} THEN coalesce(e.beyond_column, ${unsafe(LARGEST_COLUMN)}) END AS oversize_column,
+                    e.beyond_column,
                     o.attempts,
                     -- A FAILED row with a dead reason is dead already; its letter waits for the DLQ.
                     -- Both are cut to what the relay writes: a row written by SQL may hold anything.

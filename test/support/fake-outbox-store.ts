@@ -94,7 +94,19 @@ const measureRecord = (row: FakeRow): Oversize => {
     total += entry[1] ?? 0
     if ((entry[1] ?? -1) > (largest[1] ?? -1)) largest = entry
   }
-  return { bytes: total, column: largest[0] }
+  // As the claim: the first text column beyond its bound names the row, else the largest column.
+  const beyond = sizes.find(([column, size]) => column in COLUMN_BOUNDS && (size ?? 0) > COLUMN_BOUNDS[column]!)
+  return beyond === undefined
+    ? { bytes: total, column: largest[0], columnLimit: null }
+    : { bytes: total, column: beyond[0], columnLimit: COLUMN_BOUNDS[beyond[0]]! }
+}
+
+const COLUMN_BOUNDS: Partial<Record<RecordColumn, number>> = {
+  event_type: ROW_LIMITS.eventTypeBytes,
+  aggregate_key: ROW_LIMITS.aggregateKeyBytes,
+  dedup_key: ROW_LIMITS.dedupKeyBytes,
+  request_id: ROW_LIMITS.requestIdBytes,
+  traceparent: ROW_LIMITS.traceparentBytes,
 }
 
 /** As the claim's stand-in in SQL: the first 64 characters and the size. */
@@ -149,7 +161,7 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
             row.lockedBy = me
             row.lockedUntil = now + config.leaseMs
             const measured = measureRecord(row)
-            const fits = measured.bytes <= config.maxRecordBytes
+            const fits = measured.columnLimit === null && measured.bytes <= config.maxRecordBytes
             const within = (value: string, bound: number) => (fits || bytes(value) <= bound ? value : standIn(value))
             const withinOrNull = (value: string | null, bound: number) => (value === null ? null : within(value, bound))
             return {
@@ -157,7 +169,7 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
               eventId: row.eventId,
               dedupKey: within(row.dedupKey, ROW_LIMITS.dedupKeyBytes),
               eventType: within(row.eventType, ROW_LIMITS.eventTypeBytes),
-              aggregateKey: withinOrNull(row.aggregateKey, config.maxRecordBytes),
+              aggregateKey: withinOrNull(row.aggregateKey, ROW_LIMITS.aggregateKeyBytes),
               payload: fits ? row.payload : "null",
               headers: fits ? row.headers : "{}",
               oversize: fits ? null : measured,

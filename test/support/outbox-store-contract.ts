@@ -8,6 +8,7 @@ import { expect } from "@effect/vitest"
 import { Effect, type Scope } from "effect"
 import type { DeadReason } from "../../src/domain/errors.ts"
 import type { ClaimedEvent, EventStatus, NewEvent, RecordColumn } from "../../src/domain/outbox-event.ts"
+import { ROW_LIMITS } from "../../src/domain/row-limits.ts"
 import type { Lease, OutboxStore } from "../../src/outbox/outbox-store.ts"
 
 export interface RowState {
@@ -243,7 +244,7 @@ export const outboxStoreContract = (test: Register) => {
       const { inserted } = yield* a.append([event("big", "K", { blob }), event("small", "K")])
       const [big, small] = yield* a.claimDue(10)
       expect(big!.id).toBe(inserted[0])
-      expect(big!.oversize).toEqual({ bytes: expect.any(Number), column: "payload" })
+      expect(big!.oversize).toEqual({ bytes: expect.any(Number), column: "payload", columnLimit: null })
       expect(big!.oversize!.bytes).toBeGreaterThan(CONTRACT_MAX_RECORD_BYTES * 3)
       expect(big!.payload).not.toContain(blob)
       // Columns within their bounds come whole: the dead letter names the event by them.
@@ -286,6 +287,22 @@ export const outboxStoreContract = (test: Register) => {
         expect([before.oversize, after.oversize]).toEqual([null, null])
       }))
   }
+
+  test("a row that fits as a whole but has a text column beyond its bound is not carried, and names that column", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      yield* env.dropRowLimits
+      const key = "k".repeat(ROW_LIMITS.aggregateKeyBytes + 1)
+      yield* a.append([event("long-key-1", key), event("long-key-2", key)])
+      const claimed = yield* a.claimDue(10)
+      expect(claimed.map((e) => e.oversize)).toEqual([
+        { bytes: expect.any(Number), column: "aggregate_key", columnLimit: ROW_LIMITS.aggregateKeyBytes },
+        { bytes: expect.any(Number), column: "aggregate_key", columnLimit: ROW_LIMITS.aggregateKeyBytes },
+      ])
+      // Every row of the key names it by the same stand-in, so the key's order still holds.
+      expect(claimed[0]!.aggregateKey).toBe(`${"k".repeat(64)}… (${ROW_LIMITS.aggregateKeyBytes + 1} bytes)`)
+      expect(claimed[1]!.aggregateKey).toBe(claimed[0]!.aggregateKey)
+    }))
 
   test("a row too large only as a whole is named by its largest column, and keeps its columns within their bounds", (env) =>
     Effect.gen(function* () {
