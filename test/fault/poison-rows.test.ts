@@ -96,7 +96,7 @@ describe("poison rows", () => {
   it("sends a dead letter trimmed when the dead-letter topic refuses it whole, and marks it dlq_rejected when it refuses that too", async () => {
     const s = new Scenario("dead letter refused")
     const st = await stage(s, { label: "dlq-refuses", mappedTypes: ["search_click", "ac_select"] })
-    await limitTopic(st.brokers, st.topics.dlq, 2_000)
+    await limitTopic(st.brokers, st.topics.dlq, 1_000)
     // Under MAX_RECORD_BYTES, over this topic's limit: the broker itself refuses the record.
     await limitTopic(st.brokers, st.topics.map.search_click!, 20_000)
     const relay = s.startRelay("fault-dlq-refuses", { ...st.relayEnv, MAX_ATTEMPTS: "3" })
@@ -113,15 +113,15 @@ describe("poison rows", () => {
       ...followers("dlq-key-a", 20),
       ...background("dlq-bg", 500),
     ])
-    // Unknown type whose relay headers alone are over the limit: even the trimmed letter is refused.
-    // A request_id this long predates the table's limits (migration 7 refuses it now).
-    await st.db.run((sql) => sql`ALTER TABLE outbox_event DROP CONSTRAINT IF EXISTS outbox_event_request_id_bytes`)
+    // Unknown type whose relay headers alone are over the limit: even the trimmed letter is
+    // refused. Its columns stay within the table's bounds (event_type 255, request_id 256 bytes),
+    // so it is carried, and only the dead-letter topic's limit is in the way.
     await st.db.run(
       (sql) => sql`
         INSERT INTO outbox_event (dedup_key, event_type, aggregate_key, payload, request_id)
-        VALUES ('dlq-refused', 'order_refunded', 'dlq-key-b', '{"n": 2}', repeat('r', 3000))`,
+        VALUES ('dlq-refused', 'order_refunded_' || repeat('x', 240), 'dlq-key-b', '{"n": 2}', repeat('r', 256))`,
     )
-    st.writer.written.push({ dedupKey: "dlq-refused", eventType: "order_refunded", aggregateKey: "dlq-key-b", payload: { n: 2 } })
+    st.writer.written.push({ dedupKey: "dlq-refused", eventType: `order_refunded_${"x".repeat(240)}`, aggregateKey: "dlq-key-b", payload: { n: 2 } })
     await write(st, followers("dlq-key-b", 20))
     await waitDrained(st.db, { sinceMs: Date.now(), timeoutMs: 60_000 })
 
