@@ -39,7 +39,7 @@ export interface StoreJournal {
   /** Every FAILED mark: the retry it scheduled (1-based) and its delay. */
   readonly retries: Array<{ readonly id: number; readonly retry: number; readonly delayMs: number }>
   /** Every claim of a row whose lease had expired under another (or a previous) holder. */
-  readonly takeovers: Array<{ readonly id: number; readonly from: string; readonly by: string }>
+  readonly takeovers: Array<{ readonly id: number; readonly from: string; readonly by: string; readonly at: number }>
 }
 
 interface TableState {
@@ -57,10 +57,20 @@ export interface StoreFaults {
   failureRate: number
 }
 
+/** The fenced writes a step checker is told about as they land. */
+export type FencedWrite = "mark sent" | "mark failed" | "mark dead" | "release" | "renew" | "settle unmarkable"
+
+/** Told about every statement's effect as it lands (the simulation's step checker). */
+export interface StoreObserver {
+  readonly claimed: (by: string, now: number, rows: ReadonlyArray<FakeRow>, table: ReadonlyArray<FakeRow>) => void
+  readonly fenced: (write: FencedWrite, by: string, now: number, row: FakeRow, lease: string) => void
+}
+
 export interface FakeDatabase {
   readonly table: Ref.Ref<TableState>
   readonly journal: StoreJournal
   readonly faults: StoreFaults
+  observer: StoreObserver | undefined
   /** The simulation's seeded random, for failure rates. */
   readonly random: () => number
 }
@@ -70,6 +80,7 @@ export const makeFakeDatabase = (random: () => number = () => 0): Effect.Effect<
     table,
     journal: { retries: [], takeovers: [] },
     faults: { down: false, severed: new Set(), failureRate: 0 },
+    observer: undefined,
     random,
   }))
 
@@ -119,9 +130,9 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
                   !(older.lockedBy === me && older.lockedUntil !== null && older.lockedUntil > now),
               ),
           )
-          return eligible.map((row) => {
+          const claimed = eligible.map((row) => {
             const previousOwner = row.lockedBy
-            if (previousOwner !== null) db.journal.takeovers.push({ id: row.id, from: previousOwner, by: me })
+            if (previousOwner !== null) db.journal.takeovers.push({ id: row.id, from: previousOwner, by: me, at: now })
             row.lockedBy = me
             row.lockedUntil = now + config.leaseMs
             const contentBytes = bytes(row.payload) + bytes(row.headers)
@@ -143,13 +154,15 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
               lease: String(row.lockedUntil),
             }
           })
+          db.observer?.claimed(me, now, eligible, state.rows)
+          return claimed
         })
 
       const holds = (row: FakeRow | undefined, { lease }: Lease): row is FakeRow =>
         row !== undefined && row.lockedBy === me && String(row.lockedUntil) === lease && isPending(row)
 
       /** Applies `update` to each row this instance holds under the claim the mark names; the others are lost. */
-      const mark = (operation: string, leases: ReadonlyArray<Lease>, update: (row: FakeRow, index: number, now: number) => void) =>
+      const mark = (operation: FencedWrite, leases: ReadonlyArray<Lease>, update: (row: FakeRow, index: number, now: number) => void) =>
         leases.length === 0
           ? Effect.succeed<MarkResult>({ marked: [], lost: [] })
           : statement(operation, (state, now): MarkResult => {
@@ -162,6 +175,7 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
                   update(row, i, now)
                   row.lockedBy = null
                   row.lockedUntil = null
+                  db.observer?.fenced(operation, me, now, row, held.lease)
                   marked.push(id)
                 } else lost.push(id)
               })
@@ -198,13 +212,14 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
         release: (leases) =>
           leases.length === 0
             ? Effect.succeed(0)
-            : statement("release", (state) => {
+            : statement("release", (state, now) => {
                 let n = 0
                 for (const held of leases) {
                   const row = state.rows.find((r) => r.id === Number(held.id))
                   if (holds(row, held)) {
                     row.lockedBy = null
                     row.lockedUntil = null
+                    db.observer?.fenced("release", me, now, row, held.lease)
                     n++
                   }
                 }
