@@ -108,15 +108,19 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
     Effect.gen(function* () {
       const config = yield* RelayConfig
       const me = yield* InstanceId
-      const unreachable = (message: string) => new KafkaUnavailable({ reason: "unreachable", message, cause: null })
+      // Built once: a Schema error's constructor validates, and the fake fails thousands of sends a run.
+      const connectionRefused = new KafkaUnavailable({ reason: "unreachable", message: "connection refused (simulated)", cause: null })
+      const notLeader = new KafkaUnavailable({ reason: "unreachable", message: "NOT_LEADER_OR_FOLLOWER (simulated)", cause: null })
+      const tooLarge = new KafkaRejected({ reason: "message_too_large", message: "MESSAGE_TOO_LARGE (simulated)", cause: null })
+      const corrupt = new KafkaRejected({ reason: "invalid_record", message: "CORRUPT_MESSAGE (simulated)", cause: null })
 
       const refusal = (record: OutboundRecord): KafkaRejected | undefined => {
         const limit = record.topic === config.dlqTopic ? kafka.dlqMaxRecordBytes : kafka.maxRecordBytes
         if (recordBytes(record) > limit) {
-          return new KafkaRejected({ reason: "message_too_large", message: "MESSAGE_TOO_LARGE (simulated)", cause: null })
+          return tooLarge
         }
         if (record.value?.includes(kafka.poisonMarker)) {
-          return new KafkaRejected({ reason: "invalid_record", message: "CORRUPT_MESSAGE (simulated)", cause: null })
+          return corrupt
         }
         return undefined
       }
@@ -143,9 +147,9 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
       /** What the broker does with a send once it gets to it; `timedOut`: the relay stopped waiting. */
       const land = (records: ReadonlyArray<OutboundRecord>, timedOut: boolean) =>
         Effect.gen(function* () {
-          if (kafka.faults.down || kafka.faults.severed.has(me)) return yield* unreachable("connection refused (simulated)")
+          if (kafka.faults.down || kafka.faults.severed.has(me)) return yield* connectionRefused
           if (kafka.faults.errorRate > 0 && kafka.random() < kafka.faults.errorRate) {
-            return yield* unreachable("NOT_LEADER_OR_FOLLOWER (simulated)")
+            return yield* notLeader
           }
           const missing = records.find((r) => !kafka.topics.has(r.topic))
           if (missing !== undefined) {
@@ -234,13 +238,11 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
       return Publisher.of({
         publish,
         checkReachable: Effect.suspend(() =>
-          kafka.faults.down || kafka.faults.severed.has(me) ? Effect.fail(unreachable("connection refused (simulated)")) : Effect.void,
+          kafka.faults.down || kafka.faults.severed.has(me) ? Effect.fail(connectionRefused) : Effect.void,
         ),
         missingTopics: (topics) =>
           Effect.suspend(() =>
-            kafka.faults.down
-              ? Effect.fail(unreachable("connection refused (simulated)"))
-              : Effect.succeed(new Set([...topics].filter((t) => !kafka.topics.has(t)))),
+            kafka.faults.down ? Effect.fail(connectionRefused) : Effect.succeed(new Set([...topics].filter((t) => !kafka.topics.has(t)))),
           ),
       })
     }),

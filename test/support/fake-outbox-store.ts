@@ -95,16 +95,22 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
       const config = yield* RelayConfig
       const me = yield* InstanceId
 
+      // Built once per operation: a Schema error's constructor validates, and outages fail many statements.
+      const outages = new Map<string, DatabaseError>()
+      const outage = (operation: string) => {
+        let error = outages.get(operation)
+        if (error === undefined) {
+          error = new DatabaseError({ operation, message: `${operation}: connection refused (simulated)`, fault: "outage", cause: null })
+          outages.set(operation, error)
+        }
+        return error
+      }
+
       // A statement: fails as a database error when the simulation says so, else runs atomically.
       const statement = <A>(operation: string, f: (state: TableState, now: number) => A): Effect.Effect<A, DatabaseError> =>
         Effect.gen(function* () {
           if (db.faults.down || db.faults.severed.has(me) || (db.faults.failureRate > 0 && db.random() < db.faults.failureRate)) {
-            return yield* new DatabaseError({
-              operation,
-              message: `${operation}: connection refused (simulated)`,
-              fault: "outage",
-              cause: null,
-            })
+            return yield* outage(operation)
           }
           const now = yield* Clock.currentTimeMillis
           return yield* Ref.modify(db.table, (state) => [f(state, now), state] as const)
