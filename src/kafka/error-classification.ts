@@ -3,7 +3,7 @@
  * nothing downstream looks at the cause again. kafkajs wraps errors (retries exceeded,
  * non-retriable, aggregate), so the whole cause chain is searched for the broker's code.
  */
-import { KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
+import { type KafkaPublishError, KafkaRejected, KafkaUnavailable, KafkaUnknownTopic } from "../domain/errors.ts"
 
 /** Broker error codes no retry can fix: the record itself is unacceptable. */
 const REJECTED: Readonly<Record<string, KafkaRejected["reason"]>> = {
@@ -55,7 +55,7 @@ const describe = (e: ErrorLike): string => {
   return `${name}${type}${message}`
 }
 
-export const classifyKafkaError = (error: unknown): KafkaUnavailable | KafkaRejected => {
+export const classifyKafkaError = (error: unknown): KafkaPublishError => {
   const chain = causeChain(error)
   const types = chain.map((e) => (typeof e.type === "string" ? e.type : undefined)).filter((t) => t !== undefined)
   const message = chain.length > 0 ? describe(chain[chain.length - 1]!) : String(error)
@@ -64,7 +64,8 @@ export const classifyKafkaError = (error: unknown): KafkaUnavailable | KafkaReje
     return new KafkaRejected({ reason: REJECTED[rejected]!, message, cause: error })
   }
   // The broker has no such topic: it may be created later, so not a reason to dead-letter at once.
-  if (types.some((t) => t === "UNKNOWN_TOPIC_OR_PARTITION")) return new KafkaUnavailable({ reason: "unknown_topic", message, cause: error })
+  // Which topics of a request are missing is for the publisher to find out (its metadata).
+  if (types.some((t) => t === "UNKNOWN_TOPIC_OR_PARTITION")) return new KafkaUnknownTopic({ topics: [], message, cause: error })
   if (types.some((t) => BROKEN_PRODUCER.has(t))) return new KafkaUnavailable({ reason: "producer_broken", message, cause: error })
   // Anything unrecognised (connection refused, leader moves, unknown errors) is treated as
   // transient: retrying is safe, dead-lettering is not undoable.

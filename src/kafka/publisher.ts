@@ -1,18 +1,19 @@
 /**
  * Publishes records with one idempotent kafkajs producer, one send at a time (the safe
- * use of kafkajs' idempotence: acks=all, one request in flight, see KAFKA.md), and
- * reports where each record landed. A producer whose state may be broken (sequence or
- * producer-id errors, a send that timed out, a rejected record whose sequence numbers
- * kafkajs has already spent) is thrown away and a new one made, so one bad record never
- * costs an innocent one an OUT_OF_ORDER_SEQUENCE_NUMBER.
+ * use of kafkajs' idempotence: acks=all, one request in flight; see the README's Kafka
+ * section), and reports where each record landed. A producer whose state may be broken
+ * (sequence or producer-id errors, a send that timed out, a rejected record whose sequence
+ * numbers kafkajs has already spent) is replaced, so one bad record never costs an innocent
+ * one an OUT_OF_ORDER_SEQUENCE_NUMBER. Producer and admin client are scoped resources: a
+ * replacement releases the old one.
  */
-import { Clock, Context, Duration, Effect, Layer, Metric, Semaphore } from "effect"
+import { Cache, Context, Duration, Effect, Exit, Layer, Metric, Ref, ScopedRef, Semaphore } from "effect"
 import { RelayConfig } from "../config/config.ts"
-import { type KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
+import { type KafkaPublishError, KafkaUnavailable, KafkaUnknownTopic } from "../domain/errors.ts"
 import type { Delivery } from "../domain/outbox-event.ts"
 import { classifyKafkaError } from "./error-classification.ts"
 import { KafkaClient } from "./kafka-client.ts"
-import { type Admin, type PartitionerArgs, Partitioners, type Producer } from "./kafkajs.ts"
+import { type Admin, type PartitionerArgs, Partitioners } from "./kafkajs.ts"
 import type { OutboundRecord } from "./records.ts"
 
 export const producerRecreations = Metric.counter("outbox_producer_recreations_total", {
@@ -21,7 +22,7 @@ export const producerRecreations = Metric.counter("outbox_producer_recreations_t
 })
 
 // A missing topic is asked about again this often, so a newly created one is picked up soon.
-const MISSING_TOPIC_TTL_MS = 5_000
+const MISSING_TOPIC_TTL = Duration.seconds(5)
 
 /** A record as handed to kafkajs, with the partition its partitioner chose (-1 until then). */
 interface OutgoingMessage {
@@ -31,22 +32,26 @@ interface OutgoingMessage {
   chosenPartition: number
 }
 
+/** A kafkajs client and whether it has connected; connecting is retried until it succeeds once. */
+interface Connectable<C> {
+  readonly client: C
+  readonly connected: Ref.Ref<boolean>
+}
+
 /** After these, the producer's sequence or id state can no longer be trusted. */
-const needsNewProducer = (e: KafkaUnavailable | KafkaRejected): boolean =>
-  e._tag === "KafkaRejected" || e.reason === "producer_broken" || e.reason === "timeout"
+const needsNewProducer = (e: KafkaPublishError): boolean =>
+  e._tag === "KafkaRejected" || (e._tag === "KafkaUnavailable" && (e.reason === "producer_broken" || e.reason === "timeout"))
 
 export class Publisher extends Context.Service<
   Publisher,
   {
-    /** All records or none: on failure nothing may be marked SENT (some may still have landed: at least once). */
-    readonly publish: (records: ReadonlyArray<OutboundRecord>) => Effect.Effect<ReadonlyArray<Delivery>, KafkaUnavailable | KafkaRejected>
+    /**
+     * All records or none: on failure nothing may be marked SENT (some may still have landed:
+     * at least once). A missing topic fails with the topics of this request the broker lacks.
+     */
+    readonly publish: (records: ReadonlyArray<OutboundRecord>) => Effect.Effect<ReadonlyArray<Delivery>, KafkaPublishError>
     /** Whether a broker answers now (readiness). */
     readonly checkReachable: Effect.Effect<void, KafkaUnavailable>
-    /**
-     * The topics among these that the broker does not have. Their records are retried later
-     * instead of failing the whole batch: one unmapped topic must not hold up the others.
-     */
-    readonly missingTopics: (topics: Iterable<string>) => Effect.Effect<ReadonlySet<string>, KafkaUnavailable>
   }
 >()("outbox-relay/Publisher") {
   static readonly layer = Layer.effect(
@@ -69,19 +74,6 @@ export class Publisher extends Context.Service<
       }
       const publishTimeout = Duration.millis(config.publishTimeoutMs)
 
-      const newProducer = () =>
-        kafka.producer({
-          idempotent: true,
-          maxInFlightRequests: 1,
-          allowAutoTopicCreation: config.kafkaAutoCreateTopics,
-          retry: { retries: 2 },
-          createPartitioner: recordingPartitioner,
-        })
-      let producer: Producer = newProducer()
-      let connected = false
-      let admin: Admin = kafka.admin()
-      let adminConnected = false
-
       const attempt = <A>(operation: string, f: () => Promise<A>) =>
         Effect.tryPromise({ try: f, catch: classifyKafkaError }).pipe(
           Effect.timeoutOrElse({
@@ -97,72 +89,91 @@ export class Publisher extends Context.Service<
           }),
         )
 
-      const ensureConnected = Effect.suspend(() =>
-        connected
-          ? Effect.void
-          : attempt("producer connect", () => producer.connect()).pipe(Effect.tap(() => Effect.sync(() => (connected = true)))),
+      // A replaced client may be wedged: its disconnect runs in the background, bounded, so a
+      // replacement never holds up the next send.
+      const scopedClient = <C extends { readonly disconnect: () => Promise<void> }>(make: () => C) =>
+        Effect.acquireRelease(
+          Effect.sync((): Connectable<C> => ({ client: make(), connected: Ref.makeUnsafe(false) })),
+          ({ client }) =>
+            Effect.forkDetach(
+              Effect.promise(() => client.disconnect().catch(() => undefined)).pipe(Effect.timeout("5 seconds"), Effect.ignore),
+            ),
+        )
+      const connect = <C extends { readonly connect: () => Promise<void> }>(operation: string, c: Connectable<C>) =>
+        Effect.flatMap(Ref.get(c.connected), (ok) =>
+          ok ? Effect.void : attempt(operation, () => c.client.connect()).pipe(Effect.andThen(Ref.set(c.connected, true))),
+        )
+
+      const newProducer = () =>
+        kafka.producer({
+          idempotent: true,
+          maxInFlightRequests: 1,
+          allowAutoTopicCreation: config.kafkaAutoCreateTopics,
+          retry: { retries: 2 },
+          createPartitioner: recordingPartitioner,
+        })
+      const producerRef = yield* ScopedRef.fromAcquire(scopedClient(newProducer))
+      const adminRef = yield* ScopedRef.fromAcquire(scopedClient(() => kafka.admin()))
+      // On shutdown, wait (bounded) for the current producer to disconnect cleanly.
+      yield* Effect.addFinalizer(() =>
+        Effect.flatMap(ScopedRef.get(producerRef), ({ client }) => Effect.promise(() => client.disconnect().catch(() => undefined))).pipe(
+          Effect.timeout("5 seconds"),
+          Effect.ignore,
+        ),
       )
 
       const recreateProducer = (reason: string) =>
-        Effect.gen(function* () {
-          const old = producer
-          producer = newProducer()
-          connected = false
-          yield* Metric.update(producerRecreations, 1)
-          yield* Effect.logWarning("Kafka producer recreated").pipe(Effect.annotateLogs({ reason }))
-          // The old producer may be wedged; do not wait on it for long.
-          yield* Effect.promise(() => old.disconnect().catch(() => undefined)).pipe(Effect.timeout("2 seconds"), Effect.ignore)
-        })
-
-      const adminReady = Effect.suspend(() =>
-        adminConnected
-          ? Effect.void
-          : attempt("admin connect", () => admin.connect()).pipe(Effect.tap(() => Effect.sync(() => (adminConnected = true)))),
-      )
+        ScopedRef.set(producerRef, scopedClient(newProducer)).pipe(
+          Effect.andThen(Metric.update(producerRecreations, 1)),
+          Effect.andThen(Effect.logWarning("Kafka producer recreated").pipe(Effect.annotateLogs({ reason }))),
+        )
 
       // A kafkajs admin whose calls failed across a network stall can stay broken for good
       // (every call: "Broker not connected", though the broker is fine): the loop would wait
-      // for Kafka forever. So an admin call that fails throws that admin away; the next call
-      // connects a new one. The old one is disconnected in the background (it may be wedged).
+      // for Kafka forever. So an admin call that fails with an outage replaces that admin;
+      // the next call connects a new one.
       const adminCall = <A>(operation: string, f: (admin: Admin) => Promise<A>) =>
-        Effect.suspend(() => {
-          const used = admin
-          return adminReady.pipe(
-            Effect.andThen(attempt(operation, () => f(used))),
-            Effect.tapError((e) => (e._tag === "KafkaUnavailable" && e.reason !== "unknown_topic" ? discardAdmin(used) : Effect.void)),
+        Effect.gen(function* () {
+          const admin = yield* ScopedRef.get(adminRef)
+          return yield* connect("admin connect", admin).pipe(
+            Effect.andThen(attempt(operation, () => f(admin.client))),
+            Effect.tapError((e) =>
+              e._tag === "KafkaUnavailable"
+                ? Effect.flatMap(ScopedRef.get(adminRef), (current) =>
+                    current === admin
+                      ? ScopedRef.set(
+                          adminRef,
+                          scopedClient(() => kafka.admin()),
+                        )
+                      : Effect.void,
+                  )
+                : Effect.void,
+            ),
           )
         })
-      const discardAdmin = (broken: Admin) =>
-        Effect.suspend(() => {
-          if (admin !== broken) return Effect.void
-          admin = kafka.admin()
-          adminConnected = false
-          return Effect.forkDetach(
-            Effect.promise(() => broken.disconnect().catch(() => undefined)).pipe(Effect.timeout("5 seconds"), Effect.ignore),
-          )
-        }).pipe(Effect.asVoid)
 
-      const absent = new Map<string, number>()
-      const missingTopics = (topics: Iterable<string>) =>
+      // Whether the broker has a topic. Admin metadata never auto-creates one; a "missing"
+      // answer is remembered briefly, an existing topic or an error not at all.
+      const topicExists = yield* Cache.makeWith(
+        (topic: string) =>
+          adminCall(`metadata of ${topic}`, (a) => a.fetchTopicMetadata({ topics: [topic] })).pipe(
+            Effect.as(true),
+            Effect.catchTag("KafkaUnknownTopic", () => Effect.succeed(false)),
+            Effect.catchTag("KafkaRejected", (e) =>
+              Effect.fail(new KafkaUnavailable({ reason: "unreachable", message: e.message, cause: e })),
+            ),
+          ),
+        { capacity: 1_024, timeToLive: (exit) => (Exit.isSuccess(exit) && !exit.value ? MISSING_TOPIC_TTL : Duration.zero) },
+      )
+
+      /** The broker said a topic is unknown: find which of the request's topics it lacks. */
+      const unknownTopics = (records: ReadonlyArray<OutboundRecord>, error: KafkaUnknownTopic) =>
         Effect.gen(function* () {
-          const missing = new Set<string>()
-          const now = yield* Clock.currentTimeMillis
-          for (const topic of new Set(topics)) {
-            if ((absent.get(topic) ?? 0) > now) {
-              missing.add(topic)
-              continue
-            }
-            // Admin metadata never auto-creates a topic: this asks whether it exists now.
-            const found = yield* Effect.result(adminCall(`metadata of ${topic}`, (a) => a.fetchTopicMetadata({ topics: [topic] })))
-            if (found._tag === "Success") continue
-            const error = found.failure
-            if (error._tag !== "KafkaUnavailable" || error.reason !== "unknown_topic") {
-              return yield* new KafkaUnavailable({ reason: "unreachable", message: error.message, cause: error.cause })
-            }
-            absent.set(topic, now + MISSING_TOPIC_TTL_MS)
-            missing.add(topic)
-          }
-          return missing
+          const missing: Array<string> = []
+          for (const topic of new Set(records.map((r) => r.topic))) if (!(yield* Cache.get(topicExists, topic))) missing.push(topic)
+          // Metadata says they all exist now (created meanwhile): an ordinary transient failure.
+          if (missing.length === 0) return new KafkaUnavailable({ reason: "unreachable", message: error.message, cause: error })
+          return new KafkaUnknownTopic({ topics: missing, message: `topics missing on the broker: ${missing.join(", ")}`, cause: error })
         })
 
       const send = (records: ReadonlyArray<OutboundRecord>) =>
@@ -174,9 +185,10 @@ export class Publisher extends Context.Service<
             list.push(messages[i]!)
             byTopic.set(r.topic, list)
           })
-          yield* ensureConnected
+          const producer = yield* ScopedRef.get(producerRef)
+          yield* connect("producer connect", producer)
           const replies = yield* attempt("send", () =>
-            producer.sendBatch({
+            producer.client.sendBatch({
               acks: -1,
               timeout: config.publishTimeoutMs,
               topicMessages: [...byTopic].map(([topic, list]) => ({ topic, messages: list })),
@@ -204,22 +216,19 @@ export class Publisher extends Context.Service<
         records.length === 0
           ? Effect.succeed([])
           : sendLock.withPermits(1)(
-              send(records).pipe(Effect.tapError((e) => (needsNewProducer(e) ? recreateProducer(e.message) : Effect.void))),
+              send(records).pipe(
+                Effect.catchTag("KafkaUnknownTopic", (e) => Effect.flatMap(unknownTopics(records, e), Effect.fail)),
+                Effect.tapError((e) => (needsNewProducer(e) ? recreateProducer(e.message) : Effect.void)),
+              ),
             )
 
       const checkReachable = adminCall("describe cluster", (a) => a.describeCluster()).pipe(
         Effect.mapError((e) =>
-          e._tag === "KafkaUnavailable" ? e : new KafkaUnavailable({ reason: "unreachable", message: e.message, cause: e.cause }),
+          e._tag === "KafkaUnavailable" ? e : new KafkaUnavailable({ reason: "unreachable", message: e.message, cause: e }),
         ),
       )
 
-      yield* Effect.addFinalizer(() =>
-        Effect.promise(() => Promise.allSettled([producer.disconnect(), admin.disconnect()])).pipe(
-          Effect.timeout("5 seconds"),
-          Effect.ignore,
-        ),
-      )
-      return Publisher.of({ publish, checkReachable, missingTopics })
+      return Publisher.of({ publish, checkReachable })
     }),
   ).pipe(Layer.provide(KafkaClient.layer))
 }

@@ -1,6 +1,6 @@
 /** Creates topics that do not exist yet (demo and tests; production clusters usually manage their own). */
 import { Data, Effect, Schedule } from "effect"
-import type { KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
+import type { KafkaPublishError } from "../domain/errors.ts"
 import { classifyKafkaError } from "./error-classification.ts"
 import { type Admin, Kafka } from "./kafkajs.ts"
 
@@ -28,7 +28,7 @@ export const ensureTopics = (
   brokers: ReadonlyArray<string>,
   topics: ReadonlyArray<string>,
   numPartitions = 3,
-): Effect.Effect<void, KafkaUnavailable | KafkaRejected> =>
+): Effect.Effect<void, KafkaPublishError> =>
   Effect.acquireUseRelease(
     Effect.sync(() => new Kafka({ clientId: "outbox-relay-admin", brokers: [...brokers], logLevel: 1 }).admin()),
     (admin) =>

@@ -6,14 +6,16 @@
  */
 import { PgClient } from "@effect/sql-pg"
 import { Context, Effect, Layer, Stream } from "effect"
-import { SqlClient } from "effect/sql"
+import { SqlClient, type Statement } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import type { DatabaseError, DeadReason, SchemaVersionMismatch } from "../domain/errors.ts"
 import type { ClaimedEvent, Delivery, EventStatus, NewEvent } from "../domain/outbox-event.ts"
+import { ROW_LIMITS } from "../domain/row-limits.ts"
 import type { OutboxRow } from "../writer/event-input.ts"
 import { INSERT_OUTBOX_EVENTS, type InsertedRow, insertParameters } from "../writer/outbox-insert.ts"
 import { insertWakeUps } from "./insert-notifications.ts"
 import { InstanceId } from "./instance-id.ts"
+import { WITHIN_LIMITS_SET } from "./row-limits-sql.ts"
 import { requireCurrentSchema } from "./schema-migrator.ts"
 import { toDatabaseError } from "./sql-error.ts"
 
@@ -29,9 +31,18 @@ export interface SentMark extends Delivery, Lease {}
 export interface FailedMark extends Lease {
   readonly error: string
   readonly retryInMs: number
+  /** Adds one to attempts; a row waiting only for its dead letter spends none. */
+  readonly countsAttempt: boolean
+  /** Set when the event is dead and waits, FAILED, for its letter to reach the dead-letter topic. */
+  readonly deadReason: DeadReason | null
 }
 export interface DeadMark extends Lease {
   readonly reason: DeadReason
+  readonly error: string
+  readonly countsAttempt: boolean
+}
+/** A row whose mark PostgreSQL refused (a data error): settled DEAD `unmarkable` with this error. */
+export interface UnmarkableMark extends Lease {
   readonly error: string
 }
 
@@ -61,6 +72,8 @@ interface ClaimRow {
   readonly request_id: string | null
   readonly traceparent: string | null
   readonly attempts: number
+  readonly dead_reason: DeadReason | null
+  readonly dead_error: string | null
   readonly created_at_ms: number
   readonly previous_owner: string | null
   readonly lease: string
@@ -78,6 +91,7 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
   requestId: r.request_id,
   traceparent: r.traceparent,
   attempts: r.attempts,
+  waitingDeadLetter: r.dead_reason === null ? null : { reason: r.dead_reason, error: r.dead_error ?? "" },
   createdAtMs: Number(r.created_at_ms),
   takenOverFrom: r.previous_owner,
   lease: r.lease,
@@ -99,6 +113,16 @@ export class OutboxStore extends Context.Service<
     readonly markSent: (marks: ReadonlyArray<SentMark>) => Effect.Effect<MarkResult, DatabaseError>
     readonly markFailed: (marks: ReadonlyArray<FailedMark>) => Effect.Effect<MarkResult, DatabaseError>
     readonly markDead: (marks: ReadonlyArray<DeadMark>) => Effect.Effect<MarkResult, DatabaseError>
+    /**
+     * Settles rows DEAD `unmarkable`, one statement per row, with every column brought within
+     * ROW_LIMITS (a row that broke a bound can take no other update while the constraints exist).
+     */
+    readonly settleUnmarkable: (marks: ReadonlyArray<UnmarkableMark>) => Effect.Effect<MarkResult, DatabaseError>
+    /**
+     * Extends the leases of rows still held under the given lease (a batch publishing for long):
+     * returns each renewed row with its new lease; a row not returned is no longer held.
+     */
+    readonly renewLeases: (leases: ReadonlyArray<Lease>) => Effect.Effect<ReadonlyArray<Lease>, DatabaseError>
     /** Gives back leases unpublished (graceful stop), so another instance need not wait for expiry. */
     readonly release: (leases: ReadonlyArray<Lease>) => Effect.Effect<number, DatabaseError>
     /**
@@ -170,7 +194,10 @@ export class OutboxStore extends Context.Service<
                     CASE WHEN e.content_bytes <= ${maxBytes} THEN e.payload_text END AS payload,
                     CASE WHEN e.content_bytes <= ${maxBytes} THEN e.headers_text END AS headers,
                     e.content_bytes, o.request_id, o.traceparent,
-                    o.attempts, (extract(epoch FROM o.created_at) * 1000)::float8 AS created_at_ms,
+                    o.attempts, o.dead_reason,
+                    -- A FAILED row with a dead reason is dead already; its letter waits for the DLQ.
+                    CASE WHEN o.dead_reason IS NOT NULL THEN o.last_error END AS dead_error,
+                    (extract(epoch FROM o.created_at) * 1000)::float8 AS created_at_ms,
                     e.previous_owner,
                     -- The lease as text keeps its microseconds: marks compare it exactly.
                     o.locked_until::text AS lease`.pipe(
@@ -179,20 +206,37 @@ export class OutboxStore extends Context.Service<
           Effect.mapError(toDatabaseError("claim")),
         )
 
+      /**
+       * The one shape of every write after a claim: an UPDATE of the given rows that lands
+       * only where this instance still holds the row under the very lease its claim wrote
+       * (`d.lease`), so a late write from an earlier claim, or after a takeover, changes nothing.
+       */
+      const fenced = <R extends { readonly id: string }>(
+        leases: ReadonlyArray<Lease>,
+        set: Statement.Fragment,
+        columns: Statement.Fragment,
+        returning: Statement.Fragment = sql`o.id::text AS id`,
+      ) =>
+        sql<R>`
+          UPDATE outbox_event o SET ${set}
+            FROM (SELECT unnest(${leases.map((l) => l.id)}::bigint[]) AS id,
+                         unnest(${leases.map((l) => l.lease)}::timestamptz[]) AS lease${columns}) d
+           WHERE o.id = d.id AND o.locked_by = ${me} AND o.locked_until = d.lease AND o.status IN ('NEW', 'FAILED')
+          RETURNING ${returning}`
+      const noColumns = sql``
+      const errorChars = ROW_LIMITS.lastErrorChars
+
       const markSent = (marks: ReadonlyArray<SentMark>) =>
         marks.length === 0
           ? Effect.succeed({ marked: [], lost: [] })
-          : sql<{ id: string }>`
-              UPDATE outbox_event o
-                 SET status = 'SENT', sent_at = now(), locked_by = NULL, locked_until = NULL, last_error = NULL,
-                     kafka_topic = d.topic, kafka_partition = d.partition, kafka_offset = d.kafka_offset
-                FROM (SELECT unnest(${marks.map((m) => m.id)}::bigint[]) AS id,
-                             unnest(${marks.map((m) => m.topic)}::text[]) AS topic,
-                             unnest(${marks.map((m) => m.partition)}::int[]) AS partition,
-                             unnest(${marks.map((m) => m.offset)}::bigint[]) AS kafka_offset,
-                             unnest(${marks.map((m) => m.lease)}::timestamptz[]) AS lease) d
-               WHERE o.id = d.id AND o.locked_by = ${me} AND o.locked_until = d.lease AND o.status IN ('NEW', 'FAILED')
-              RETURNING o.id::text AS id`.pipe(
+          : fenced<{ id: string }>(
+              marks,
+              sql`status = 'SENT', sent_at = now(), locked_by = NULL, locked_until = NULL, last_error = NULL,
+                  kafka_topic = d.topic, kafka_partition = d.partition, kafka_offset = d.kafka_offset`,
+              sql`, unnest(${marks.map((m) => m.topic)}::text[]) AS topic,
+                    unnest(${marks.map((m) => m.partition)}::int[]) AS partition,
+                    unnest(${marks.map((m) => m.offset)}::bigint[]) AS kafka_offset`,
+            ).pipe(
               Effect.map((rows) => lostFrom(marks, rows)),
               Effect.mapError(toDatabaseError("mark sent")),
             )
@@ -200,17 +244,16 @@ export class OutboxStore extends Context.Service<
       const markFailed = (marks: ReadonlyArray<FailedMark>) =>
         marks.length === 0
           ? Effect.succeed({ marked: [], lost: [] })
-          : sql<{ id: string }>`
-              UPDATE outbox_event o
-                 SET status = 'FAILED', attempts = o.attempts + 1, last_error = d.error,
-                     next_attempt_at = now() + make_interval(secs => d.retry_in_ms / 1000.0),
-                     locked_by = NULL, locked_until = NULL
-                FROM (SELECT unnest(${marks.map((m) => m.id)}::bigint[]) AS id,
-                             unnest(${marks.map((m) => m.error)}::text[]) AS error,
-                             unnest(${marks.map((m) => m.retryInMs)}::float8[]) AS retry_in_ms,
-                             unnest(${marks.map((m) => m.lease)}::timestamptz[]) AS lease) d
-               WHERE o.id = d.id AND o.locked_by = ${me} AND o.locked_until = d.lease AND o.status IN ('NEW', 'FAILED')
-              RETURNING o.id::text AS id`.pipe(
+          : fenced<{ id: string }>(
+              marks,
+              sql`status = 'FAILED', attempts = o.attempts + d.counts::int, last_error = left(d.error, ${errorChars}),
+                  dead_reason = d.dead_reason, next_attempt_at = now() + make_interval(secs => d.retry_in_ms / 1000.0),
+                  locked_by = NULL, locked_until = NULL`,
+              sql`, unnest(${marks.map((m) => m.error)}::text[]) AS error,
+                    unnest(${marks.map((m) => m.retryInMs)}::float8[]) AS retry_in_ms,
+                    unnest(${marks.map((m) => m.countsAttempt)}::bool[]) AS counts,
+                    unnest(${marks.map((m) => m.deadReason)}::text[]) AS dead_reason`,
+            ).pipe(
               Effect.map((rows) => lostFrom(marks, rows)),
               Effect.mapError(toDatabaseError("mark failed")),
             )
@@ -218,29 +261,46 @@ export class OutboxStore extends Context.Service<
       const markDead = (marks: ReadonlyArray<DeadMark>) =>
         marks.length === 0
           ? Effect.succeed({ marked: [], lost: [] })
-          : sql<{ id: string }>`
-              UPDATE outbox_event o
-                 SET status = 'DEAD', attempts = o.attempts + 1, dead_reason = d.reason, last_error = d.error,
-                     locked_by = NULL, locked_until = NULL
-                FROM (SELECT unnest(${marks.map((m) => m.id)}::bigint[]) AS id,
-                             unnest(${marks.map((m) => m.reason)}::text[]) AS reason,
-                             unnest(${marks.map((m) => m.error)}::text[]) AS error,
-                             unnest(${marks.map((m) => m.lease)}::timestamptz[]) AS lease) d
-               WHERE o.id = d.id AND o.locked_by = ${me} AND o.locked_until = d.lease AND o.status IN ('NEW', 'FAILED')
-              RETURNING o.id::text AS id`.pipe(
+          : fenced<{ id: string }>(
+              marks,
+              sql`status = 'DEAD', attempts = o.attempts + d.counts::int, dead_reason = d.reason,
+                  last_error = left(d.error, ${errorChars}), locked_by = NULL, locked_until = NULL`,
+              sql`, unnest(${marks.map((m) => m.reason)}::text[]) AS reason,
+                    unnest(${marks.map((m) => m.error)}::text[]) AS error,
+                    unnest(${marks.map((m) => m.countsAttempt)}::bool[]) AS counts`,
+            ).pipe(
               Effect.map((rows) => lostFrom(marks, rows)),
               Effect.mapError(toDatabaseError("mark dead")),
             )
 
+      // One statement per row: each is the last resort for its own row, and must not fail for another's.
+      const settleUnmarkable = (marks: ReadonlyArray<UnmarkableMark>) =>
+        Effect.forEach(marks, (m) =>
+          fenced<{ id: string }>(
+            [m],
+            sql`status = 'DEAD', dead_reason = 'unmarkable', last_error = left(${m.error}, ${errorChars}),
+                locked_by = NULL, locked_until = NULL, ${sql.literal(WITHIN_LIMITS_SET)}`,
+            noColumns,
+          ),
+        ).pipe(
+          Effect.map((rows) => lostFrom(marks, rows.flat())),
+          Effect.mapError(toDatabaseError("settle unmarkable")),
+        )
+
+      const renewLeases = (leases: ReadonlyArray<Lease>) =>
+        leases.length === 0
+          ? Effect.succeed([])
+          : fenced<Lease>(
+              leases,
+              sql`locked_until = now() + make_interval(secs => ${leaseSeconds})`,
+              noColumns,
+              sql`o.id::text AS id, o.locked_until::text AS lease`,
+            ).pipe(Effect.mapError(toDatabaseError("renew leases")))
+
       const release = (leases: ReadonlyArray<Lease>) =>
         leases.length === 0
           ? Effect.succeed(0)
-          : sql<{ id: string }>`
-              UPDATE outbox_event o SET locked_by = NULL, locked_until = NULL
-                FROM (SELECT unnest(${leases.map((l) => l.id)}::bigint[]) AS id,
-                             unnest(${leases.map((l) => l.lease)}::timestamptz[]) AS lease) d
-               WHERE o.id = d.id AND o.locked_by = ${me} AND o.locked_until = d.lease AND o.status IN ('NEW', 'FAILED')
-              RETURNING o.id::text AS id`.pipe(
+          : fenced<{ id: string }>(leases, sql`locked_by = NULL, locked_until = NULL`, noColumns).pipe(
               Effect.map((rows) => rows.length),
               Effect.mapError(toDatabaseError("release")),
             )
@@ -282,6 +342,8 @@ export class OutboxStore extends Context.Service<
         markSent,
         markFailed,
         markDead,
+        settleUnmarkable,
+        renewLeases,
         release,
         leaseHolders,
         append,

@@ -3,11 +3,11 @@ import { Clock, Effect, LogLevel, Metric, References } from "effect"
 import { RelayConfig } from "../config/config.ts"
 import { DeadLetterSignal } from "../ops/dead-letter-signal.ts"
 import { InstanceId } from "../outbox/instance-id.ts"
-import { OutboxStore } from "../outbox/outbox-store.ts"
+import { type Lease, OutboxStore } from "../outbox/outbox-store.ts"
 import { endToEndSeconds, leasesLost, publishDead, publishFailed, publishSent } from "../telemetry/metrics.ts"
 import { rowTraceContext } from "../telemetry/publish-spans.ts"
+import { markIsolating, withinLease } from "./mark-isolation.ts"
 import type { BatchOutcome } from "./publish-batch.ts"
-import { markRetry } from "./retry-policy.ts"
 
 export interface BatchSummary {
   readonly sent: number
@@ -15,25 +15,54 @@ export interface BatchSummary {
   readonly dead: number
   readonly givenBack: number
   readonly lost: number
+  /** Rows whose mark PostgreSQL refused: settled DEAD `unmarkable`. */
+  readonly unmarkable: number
 }
 
 const SENT_LEVELS = { trace: "Trace", debug: "Debug", info: "Info", warn: "Warn" } as const
 
-export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: BatchOutcome) {
+/**
+ * `leases`: the lease each row is held under now (a batch that published for long renewed
+ * them). Each statement rides out an outage or a lost race within the lease; a data error
+ * is isolated to the rows that cause it, and only those are settled `unmarkable`.
+ */
+export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: BatchOutcome, leases: ReadonlyMap<string, string>) {
   const store = yield* OutboxStore
   const config = yield* RelayConfig
   const signal = yield* DeadLetterSignal
+  const leaseOf = (event: { readonly id: string; readonly lease: string }): Lease => ({
+    id: event.id,
+    lease: leases.get(event.id) ?? event.lease,
+  })
   const [sent, failed, dead] = yield* Effect.all(
     [
-      store.markSent(outcome.sent.map(({ event, delivery }) => ({ id: event.id, lease: event.lease, ...delivery }))),
-      store.markFailed(outcome.failed.map(({ event, error, retryInMs }) => ({ id: event.id, lease: event.lease, error, retryInMs }))),
-      store.markDead(outcome.dead.map(({ event, reason, error }) => ({ id: event.id, lease: event.lease, reason, error }))),
-      store.release(outcome.givenBack),
+      markIsolating(
+        store.markSent,
+        outcome.sent.map(({ event, delivery }) => ({ ...leaseOf(event), ...delivery })),
+      ),
+      markIsolating(
+        store.markFailed,
+        outcome.failed.map(({ event, error, retryInMs, countsAttempt, waitingDeadLetter }) => ({
+          ...leaseOf(event),
+          error,
+          retryInMs,
+          countsAttempt,
+          deadReason: waitingDeadLetter?.reason ?? null,
+        })),
+      ),
+      markIsolating(
+        store.markDead,
+        outcome.dead.map(({ event, reason, error }) => ({
+          ...leaseOf(event),
+          reason,
+          error,
+          countsAttempt: event.waitingDeadLetter === null,
+        })),
+      ),
+      // A release that fails leaves the rows to their lease: nothing to isolate, nothing lost.
+      withinLease(store.release(outcome.givenBack.map(leaseOf))),
     ],
     { concurrency: "unbounded" },
-  ).pipe(
-    Effect.tapError((e) => Effect.logWarning("marking failed; retrying within the lease").pipe(Effect.annotateLogs({ error: e.message }))),
-    Effect.retry(markRetry(config.leaseMs)),
   )
 
   const now = yield* Clock.currentTimeMillis
@@ -68,6 +97,7 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
   yield* signal.raise(outcome.dead.filter((letter) => markedDead.has(letter.event.id)))
   const lost = [...sent.lost, ...failed.lost, ...dead.lost]
   if (lost.length > 0) yield* reportLostLeases(lost)
+  const unmarkable = sent.unmarkable + failed.unmarkable + dead.unmarkable
   yield* Metric.update(publishSent, sent.marked.length)
   yield* Metric.update(publishFailed, failed.marked.length)
   yield* Metric.update(publishDead, dead.marked.length)
@@ -78,6 +108,7 @@ export const markOutcome = Effect.fn("Relay.markOutcome")(function* (outcome: Ba
     dead: dead.marked.length,
     givenBack: outcome.givenBack.length,
     lost: lost.length,
+    unmarkable,
   } satisfies BatchSummary
 })
 

@@ -15,8 +15,11 @@
  * the key back, and the hold-back list is cleared. A claim counts as in flight from the
  * moment it is admitted, so a claim whose statement is still running when a failure is
  * recorded is held back too.
+ *
+ * The state is one transactional ref: admission is a transaction that retries (waits) while
+ * the pipeline drains, and wakes when a finished batch changes the state.
  */
-import { Effect, Latch, Ref } from "effect"
+import { Effect, TxRef } from "effect"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import type { Lease } from "../outbox/outbox-store.ts"
 
@@ -52,6 +55,8 @@ export interface PipelineCoordinator {
   readonly leftUnsent: (keys: Iterable<string | null>) => Effect.Effect<void>
   /** Publishing was attempted for these rows (sent, failed or dead): a stop no longer gives them back. */
   readonly published: (leases: ReadonlyArray<Lease>) => Effect.Effect<void>
+  /** These rows' leases were renewed: a stop gives them back under the new lease. */
+  readonly renewed: (leases: ReadonlyArray<Lease>) => Effect.Effect<void>
   /** A claim finished: its rows are marked or released (or it found none). */
   readonly finished: (leases: ReadonlyArray<Lease>) => Effect.Effect<void>
   /** Leases this instance holds and has not tried to publish. */
@@ -59,27 +64,21 @@ export interface PipelineCoordinator {
 }
 
 export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effect.gen(function* () {
-  const state = yield* Ref.make(initial)
-  // A wake-up for claims waiting on a drain; the state in the Ref is what decides.
-  const drained = yield* Latch.make(true)
+  const state = yield* TxRef.make(initial)
 
-  const admitClaim: Effect.Effect<number> = Effect.gen(function* () {
-    while (true) {
-      const sequence = yield* Ref.modify(state, (s): readonly [number | undefined, PipelineState] =>
-        s.awaitingDrain ? [undefined, s] : [s.nextSequence, { ...s, nextSequence: s.nextSequence + 1, inFlight: s.inFlight + 1 }],
-      )
-      if (sequence !== undefined) return sequence
-      // Close first, then look again: a drain that completes in between opens it after us.
-      yield* drained.close
-      if (!(yield* Ref.get(state)).awaitingDrain) continue
-      yield* drained.await
-    }
-  })
+  const admitClaim: Effect.Effect<number> = Effect.tx(
+    Effect.gen(function* () {
+      const s = yield* TxRef.get(state)
+      if (s.awaitingDrain) return yield* Effect.txRetry
+      yield* TxRef.set(state, { ...s, nextSequence: s.nextSequence + 1, inFlight: s.inFlight + 1 })
+      return s.nextSequence
+    }),
+  )
 
   const claimed = (events: ReadonlyArray<ClaimedEvent>) =>
     events.length === 0
       ? Effect.void
-      : Ref.update(state, (s) => {
+      : TxRef.update(state, (s) => {
           const unpublished = new Map(s.unpublished)
           for (const e of events) unpublished.set(e.id, e.lease)
           return { ...s, unpublished }
@@ -92,10 +91,19 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
     return unpublished
   }
 
-  const published = (leases: ReadonlyArray<Lease>) => Ref.update(state, (s) => ({ ...s, unpublished: without(s, leases) }))
+  const published = (leases: ReadonlyArray<Lease>) => TxRef.update(state, (s) => ({ ...s, unpublished: without(s, leases) }))
+
+  const renewed = (leases: ReadonlyArray<Lease>) =>
+    TxRef.update(state, (s) => {
+      // Only rows still unpublished matter to a stop; a renewal never adds one back.
+      if (!leases.some(({ id }) => s.unpublished.has(id))) return s
+      const unpublished = new Map(s.unpublished)
+      for (const { id, lease } of leases) if (unpublished.has(id)) unpublished.set(id, lease)
+      return { ...s, unpublished }
+    })
 
   const holdBackIn = (sequence: number) =>
-    Ref.get(state).pipe(
+    TxRef.get(state).pipe(
       Effect.map(
         ({ holdBack }) =>
           (key: string | null) =>
@@ -104,30 +112,23 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
     )
 
   const leftUnsent = (keys: Iterable<string | null>) =>
-    Ref.update(state, (s) => {
-      let holdBack: Map<string, number> | undefined
+    TxRef.update(state, (s) => {
+      const held = [...keys].filter((key) => key !== null)
+      if (held.length === 0) return s
       // Every batch admitted so far, including a claim whose statement is still running.
       const through = s.nextSequence - 1
-      for (const key of keys) {
-        if (key === null) continue
-        holdBack ??= new Map(s.holdBack)
-        holdBack.set(key, through)
-      }
-      return holdBack === undefined ? s : { ...s, holdBack, awaitingDrain: true }
+      const holdBack = new Map(s.holdBack)
+      for (const key of held) holdBack.set(key, through)
+      return { ...s, holdBack, awaitingDrain: true }
     })
 
   const finished = (leases: ReadonlyArray<Lease>) =>
-    Ref.modify(state, (s): readonly [boolean, PipelineState] => {
+    TxRef.update(state, (s) => {
       const unpublished = without(s, leases)
       const inFlight = Math.max(0, s.inFlight - 1)
       // Empty pipeline: every unsent row is marked, so claims see them and hold their keys themselves.
-      return inFlight === 0
-        ? [s.awaitingDrain, { ...s, unpublished, inFlight, holdBack: new Map(), awaitingDrain: false }]
-        : [false, { ...s, unpublished, inFlight }]
-    }).pipe(
-      Effect.flatMap((reopened) => (reopened ? drained.open : Effect.void)),
-      Effect.asVoid,
-    )
+      return inFlight === 0 ? { ...s, unpublished, inFlight, holdBack: new Map(), awaitingDrain: false } : { ...s, unpublished, inFlight }
+    })
 
   return {
     admitClaim,
@@ -135,7 +136,8 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
     holdBackIn,
     leftUnsent,
     published,
+    renewed,
     finished,
-    unpublished: Ref.get(state).pipe(Effect.map((s) => [...s.unpublished].map(([id, lease]) => ({ id, lease })))),
+    unpublished: TxRef.get(state).pipe(Effect.map((s) => [...s.unpublished].map(([id, lease]) => ({ id, lease })))),
   }
 })

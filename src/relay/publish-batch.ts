@@ -1,341 +1,194 @@
 /**
- * Publishes one claimed batch and decides each event's route. Nothing here writes to the
- * database: the outcome says, per event, sent (with its offset), failed (retry after a
- * delay), dead (its dead letter is on the DLQ, or the DLQ refused even a trimmed one) or
- * given back (the lease is returned untried).
+ * Publishes one claimed batch: runs its plan (publish-plan.ts) and folds each send's result
+ * into the batch's progress (publish-progress.ts), asking the retry policy about every event
+ * Kafka did not take. Nothing here writes to the database: the outcome says, per event, sent
+ * (with its offset), failed (retry after a delay, or its dead letter waits for the DLQ), dead
+ * (its letter is on the DLQ, or the DLQ refused even a trimmed one) or given back untried.
  *
- * One hold-back rule, whatever the route: once an event of a key is left unsent (failed,
- * given back, waiting for a missing topic, its dead letter not published), the later events
- * of that key in this batch are given back untried, and the relay loop holds the key in the
- * batches claimed behind this one. A dead event's letter goes to the DLQ before any later
- * event of its key is sent.
+ * Order: dead letters first, so a later event of a dead event's key goes out only once the
+ * letter is on the DLQ; then the records, in one request. A failure routes by its kind: an
+ * unreachable broker halts the batch; a missing topic fails only its records and the rest is
+ * sent again; a refused record is found by sending the records one by one.
  */
-import { Clock, Duration, Effect, Result, type Tracer } from "effect"
+import { Duration, Effect, Result, type Tracer } from "effect"
 import { RelayConfig } from "../config/config.ts"
-import { KafkaUnavailable } from "../domain/errors.ts"
-import { topicFor } from "../domain/event-types.ts"
-import type { ClaimedEvent, Delivery } from "../domain/outbox-event.ts"
-import { type DeadLetter, deadLetterRecord } from "../kafka/dead-letter-record.ts"
+import { KafkaUnavailable, type KafkaUnknownTopic } from "../domain/errors.ts"
+import type { ClaimedEvent } from "../domain/outbox-event.ts"
+import type { DeadLetter } from "../kafka/dead-letter-record.ts"
 import { Publisher } from "../kafka/publisher.ts"
-import { buildRecord, isValidTraceparent, type OutboundRecord } from "../kafka/records.ts"
 import { publishDurationSeconds } from "../telemetry/metrics.ts"
-import { carryingSpan, endPublishSpan, type PublishResult, startPublishSpan, TracingEnabled } from "../telemetry/publish-spans.ts"
-import { decide, exhaustedBefore, type PublishFailure } from "./retry-policy.ts"
+import { endEventSpans, type PublishResult, startEventSpans } from "../telemetry/publish-spans.ts"
+import { deliverDeadLetters, type LetterResult } from "./dead-letter-delivery.ts"
+import { type Publishable, planBatch } from "./publish-plan.ts"
+import * as P from "./publish-progress.ts"
+import { decide, type PublishFailure } from "./retry-policy.ts"
+import type { SendBudget } from "./send-budget.ts"
 
-export interface SentEvent {
-  readonly event: ClaimedEvent
-  readonly delivery: Delivery
-  /** The event's publish span, when tracing is on (its SENT line belongs to that trace). */
-  readonly span?: Tracer.Span | undefined
-}
-export interface FailedEvent {
-  readonly event: ClaimedEvent
-  readonly error: string
-  readonly retryInMs: number
-}
-/** `trimmed`: the DLQ took the letter only without its value and the row's headers; `refused`: not even then. */
-export interface DeadEvent extends DeadLetter {
-  readonly letter: "full" | "trimmed" | "refused"
-}
+export type { BatchOutcome, DeadEvent, FailedEvent, SentEvent } from "./publish-progress.ts"
 
-export interface BatchOutcome {
-  readonly sent: ReadonlyArray<SentEvent>
-  readonly failed: ReadonlyArray<FailedEvent>
-  readonly dead: ReadonlyArray<DeadEvent>
-  readonly givenBack: ReadonlyArray<ClaimedEvent>
-  /** Kafka could not be reached for this batch: the loop should wait for it before claiming more. */
-  readonly kafkaUnavailable: boolean
-}
+const letterMessage = (letter: DeadLetter, error: KafkaUnavailable | KafkaUnknownTopic) =>
+  `dead letter (${letter.reason}: ${letter.error}) not published: ${error.message}`
 
-interface Publishable {
-  readonly event: ClaimedEvent
-  readonly record: OutboundRecord
-}
-
-/** The outcome as it is built; local to one publishBatch call. */
-interface Ledger {
-  readonly sent: Array<SentEvent>
-  readonly failed: Array<FailedEvent>
-  readonly dead: Array<DeadEvent>
-  readonly givenBack: Array<ClaimedEvent>
-  /** Keys with an event left unsent in this batch. */
-  readonly unsentKeys: Set<string>
-  kafkaUnavailable: boolean
-}
-
-const isBlocked = (ledger: Ledger, event: ClaimedEvent) => event.aggregateKey !== null && ledger.unsentKeys.has(event.aggregateKey)
-const leaveUnsent = (ledger: Ledger, event: ClaimedEvent) => {
-  if (event.aggregateKey !== null) ledger.unsentKeys.add(event.aggregateKey)
-}
-const giveBack = (ledger: Ledger, event: ClaimedEvent) => {
-  ledger.givenBack.push(event)
-  leaveUnsent(ledger, event)
-}
-
-/**
- * Sends dead letters in one request; if the DLQ refuses it, one by one, each trimmed when its
- * full form is refused, and marked `dlq_rejected` when even that is. An unreachable DLQ leaves
- * the events FAILED: a dead letter is never dropped.
- */
-const sendDeadLetters = Effect.fnUntraced(function* (ledger: Ledger, letters: ReadonlyArray<DeadLetter>) {
-  if (letters.length === 0) return
-  const publisher = yield* Publisher
-  const config = yield* RelayConfig
-  const now = yield* Clock.currentTimeMillis
-  const unreachable = (letter: DeadLetter, error: KafkaUnavailable) =>
-    Effect.gen(function* () {
-      if (error.reason !== "unknown_topic") ledger.kafkaUnavailable = true
-      const message = `dead letter (${letter.reason}: ${letter.error}) not published: ${error.message}`
-      const decision = yield* decide(letter.event.attempts, { _tag: "DeadLetterUnavailable", message }, config)
-      if (decision._tag === "RetryLater") ledger.failed.push({ event: letter.event, error: message, retryInMs: decision.delayMs })
-      leaveUnsent(ledger, letter.event)
-    })
-
-  const all = yield* Effect.result(publisher.publish(letters.map((l) => deadLetterRecord(l, config.dlqTopic, now, "full"))))
-  if (Result.isSuccess(all)) {
-    for (const letter of letters) ledger.dead.push({ ...letter, letter: "full" })
-    return
-  }
-  if (all.failure._tag === "KafkaUnavailable") {
-    for (const letter of letters) yield* unreachable(letter, all.failure)
-    return
-  }
-  for (const letter of letters) {
-    if (letters.length > 1) {
-      const full = yield* Effect.result(publisher.publish([deadLetterRecord(letter, config.dlqTopic, now, "full")]))
-      if (Result.isSuccess(full)) {
-        ledger.dead.push({ ...letter, letter: "full" })
-        continue
-      }
-      if (full.failure._tag === "KafkaUnavailable") {
-        yield* unreachable(letter, full.failure)
-        continue
-      }
-    }
-    const trimmed = yield* Effect.result(publisher.publish([deadLetterRecord(letter, config.dlqTopic, now, "trimmed")]))
-    if (Result.isSuccess(trimmed)) ledger.dead.push({ ...letter, letter: "trimmed" })
-    else if (trimmed.failure._tag === "KafkaUnavailable") yield* unreachable(letter, trimmed.failure)
-    else {
-      // The row keeps payload and headers; the operator is told and can replay it.
-      ledger.dead.push({
-        ...letter,
-        reason: "dlq_rejected",
-        error: `${letter.reason}: ${letter.error}; the dead-letter topic refused it too: ${trimmed.failure.message}`,
-        letter: "refused",
-      })
-    }
-  }
-})
-
-/** Events Kafka did not take: each retries after a delay, or dies and goes to the DLQ, per the retry policy. */
-const settleFailures = Effect.fnUntraced(function* (
-  ledger: Ledger,
-  failures: ReadonlyArray<{ readonly item: Publishable; readonly failure: PublishFailure }>,
-) {
-  const config = yield* RelayConfig
-  const letters: Array<DeadLetter> = []
-  for (const { item, failure } of failures) {
-    const decision = yield* decide(item.event.attempts, failure, config)
-    if (decision._tag === "RetryLater") {
-      ledger.failed.push({ event: item.event, error: decision.error, retryInMs: decision.delayMs })
-      leaveUnsent(ledger, item.event)
-    } else {
-      letters.push({
-        event: item.event,
-        reason: decision.reason,
-        error: decision.error,
-        original: item.record,
-        originalTopic: item.record.topic,
-      })
-    }
-  }
-  yield* sendDeadLetters(ledger, letters)
-})
-
-/**
- * One record at a time, in id order, to find which records Kafka rejects; a rejected one is
- * dead-lettered before the next is sent. At the first unavailability the rest is given back
- * untried: Kafka is in trouble.
- */
-const isolateRejected = Effect.fnUntraced(function* (ledger: Ledger, items: ReadonlyArray<Publishable>) {
-  const publisher = yield* Publisher
-  for (const item of items) {
-    if (ledger.kafkaUnavailable || isBlocked(ledger, item.event)) {
-      giveBack(ledger, item.event)
-      continue
-    }
-    const result = yield* Effect.result(publisher.publish([item.record]))
-    if (Result.isSuccess(result)) ledger.sent.push({ event: item.event, delivery: result.success[0]! })
-    else {
-      if (result.failure._tag === "KafkaUnavailable" && result.failure.reason !== "unknown_topic") ledger.kafkaUnavailable = true
-      yield* settleFailures(ledger, [{ item, failure: result.failure }])
-    }
-  }
-})
-
-/** Every item fails alike; only the first unsent event of each key pays an attempt, the rest are given back. */
-const failInOrder = (ledger: Ledger, items: ReadonlyArray<Publishable>, failureOf: (item: Publishable) => PublishFailure | undefined) => {
-  const failures: Array<{ item: Publishable; failure: PublishFailure }> = []
-  const rest: Array<Publishable> = []
-  for (const item of items) {
-    if (isBlocked(ledger, item.event)) giveBack(ledger, item.event)
-    else {
-      const failure = failureOf(item)
-      if (failure === undefined) rest.push(item)
+/** Each letter's result: on the DLQ (dead), refused by it (dead, dlq_rejected), waiting for it (failed), or untried. */
+const settleLetters = (p: P.Progress, results: ReadonlyArray<LetterResult>) =>
+  Effect.gen(function* () {
+    const config = yield* RelayConfig
+    const dead: Array<P.DeadEvent> = []
+    const waiting: Array<P.FailedEvent> = []
+    const untried: Array<ClaimedEvent> = []
+    for (const r of results) {
+      const { letter } = r
+      if (r._tag === "Delivered") dead.push({ ...letter, letter: r.shape })
+      else if (r._tag === "Refused") {
+        // The row keeps payload and headers; the operator is told and can replay it.
+        const error = `${letter.reason}: ${letter.error}; the dead-letter topic refused it too: ${r.error}`
+        dead.push({ ...letter, reason: "dlq_rejected", error, letter: "refused" })
+      } else if (r._tag === "Untried") untried.push(letter.event)
       else {
-        failures.push({ item, failure })
-        leaveUnsent(ledger, item.event)
+        const message = letterMessage(letter, r.error)
+        const decision = yield* decide(letter.event.attempts, { _tag: "DeadLetterUnavailable", message }, config)
+        const retryInMs = decision._tag === "RetryLater" ? decision.delayMs : config.backoffMaxMs
+        waiting.push({
+          event: letter.event,
+          error: message,
+          retryInMs,
+          // The event died once (that cost its attempt); waiting for its letter costs none.
+          countsAttempt: letter.event.waitingDeadLetter === null,
+          waitingDeadLetter: { reason: letter.reason, error: letter.error },
+        })
       }
     }
-  }
-  return { failures, rest }
-}
+    const haltedBy = results.find((r) => r._tag === "Undelivered" && r.error.haltsPublishing)
+    const next = P.givenBack(P.failed(P.dead(p, dead), waiting), untried)
+    return haltedBy === undefined ? next : P.halted(next)
+  })
 
-const publishRecords = (
-  ledger: Ledger,
+const KAFKA_DOWN = new KafkaUnavailable({ reason: "unreachable", message: "Kafka was unreachable for this batch", cause: null })
+
+/** Dead letters to the DLQ; once Kafka is known to be down they wait for it without a try. */
+const sendLetters = (p: P.Progress, letters: ReadonlyArray<DeadLetter>, budget: SendBudget) =>
+  Effect.gen(function* () {
+    if (letters.length === 0) return p
+    if (p.kafkaUnavailable)
+      return yield* settleLetters(
+        p,
+        letters.map((letter) => ({ _tag: "Undelivered", letter, error: KAFKA_DOWN })),
+      )
+    return yield* settleLetters(p, yield* deliverDeadLetters(letters, budget))
+  })
+
+/** Events Kafka did not take: each retries after a delay, or dies and its letter goes to the DLQ. */
+const settleFailures = (p: P.Progress, failures: ReadonlyArray<Publishable>, failure: PublishFailure, budget: SendBudget) =>
+  Effect.gen(function* () {
+    const config = yield* RelayConfig
+    const decisions = yield* Effect.forEach(failures, (item) =>
+      Effect.map(decide(item.event.attempts, failure, config), (decision) => ({ item, decision })),
+    )
+    const { progress, letters } = P.decided(p, decisions)
+    return yield* sendLetters(progress, letters, budget)
+  })
+
+const sendRecords = (
+  p: P.Progress,
   items: ReadonlyArray<Publishable>,
   eventSpans: ReadonlyArray<Tracer.Span>,
-): Effect.Effect<void, never, Publisher | RelayConfig> =>
+  budget: SendBudget,
+): Effect.Effect<P.Progress, never, Publisher | RelayConfig> =>
   Effect.gen(function* () {
-    if (items.length === 0) return
+    const { ready, progress } = P.takeReady(p, items)
+    if (ready.length === 0) return progress
+    if (!(yield* budget.allowsSend))
+      return P.givenBack(
+        progress,
+        ready.map((item) => item.event),
+      )
     const publisher = yield* Publisher
     const result = yield* Effect.result(
-      publisher.publish(items.map((i) => i.record)).pipe(
+      publisher.publish(ready.map((i) => i.record)).pipe(
         Effect.trackDuration(publishDurationSeconds, (d) => Duration.toSeconds(d)),
         // One Kafka request carries many events: its span links to each event's publish span.
         Effect.withSpan("send", {
           kind: "client",
           links: eventSpans.map((span) => ({ span, attributes: {} })),
-          attributes: { "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.batch.message_count": items.length },
+          attributes: { "messaging.system": "kafka", "messaging.operation.type": "send", "messaging.batch.message_count": ready.length },
         }),
       ),
     )
-    if (Result.isSuccess(result)) {
-      items.forEach((item, i) => {
-        ledger.sent.push({ event: item.event, delivery: result.success[i]! })
-      })
-      return
-    }
+    if (Result.isSuccess(result)) return P.sent(progress, ready, result.success)
     const error = result.failure
-    if (error._tag === "KafkaRejected") {
-      if (items.length === 1) return yield* settleFailures(ledger, [{ item: items[0]!, failure: error }])
-      yield* Effect.logWarning("Kafka rejected a batch; publishing its records one by one to find the bad ones").pipe(
-        Effect.annotateLogs({ error: error.message, batch: items.length }),
-      )
-      return yield* isolateRejected(ledger, items)
-    }
-    if (error.reason === "unknown_topic") {
-      const missing = yield* publisher.missingTopics(items.map((i) => i.record.topic)).pipe(Effect.orElseSucceed(() => new Set<string>()))
-      if (missing.size > 0) {
-        // Only the missing topics' events wait for a retry (attempts count, so an unmapped topic
-        // ends as a dead letter if nobody creates it); the rest is sent again without them.
-        const { failures, rest } = failInOrder(ledger, items, (item) =>
-          missing.has(item.record.topic)
-            ? new KafkaUnavailable({
-                reason: "unknown_topic",
-                message: `topic ${item.record.topic} does not exist on the broker`,
-                cause: null,
-              })
-            : undefined,
+    switch (error._tag) {
+      case "KafkaRejected": {
+        if (ready.length === 1) return yield* settleFailures(progress, ready, error, budget)
+        yield* Effect.logWarning("Kafka rejected a batch; publishing its records one by one to find the bad ones").pipe(
+          Effect.annotateLogs({ error: error.message, batch: ready.length }),
+        )
+        return yield* Effect.reduce(
+          ready,
+          () => progress,
+          (q, item) => sendRecords(q, [item], eventSpans, budget),
+        )
+      }
+      case "KafkaUnknownTopic": {
+        // Only the missing topics' events wait for a retry; the rest is sent again without them.
+        const missing = new Set(error.topics)
+        const failing = P.firstOfEachKey(
+          progress,
+          ready.filter((item) => missing.has(item.record.topic)),
         )
         yield* Effect.logWarning("topics missing on the broker; their events wait for a retry, the others go on").pipe(
-          Effect.annotateLogs({ topics: [...missing].join(","), events: failures.length }),
+          Effect.annotateLogs({ topics: error.topics.join(","), events: failing.paying.length }),
         )
-        yield* settleFailures(ledger, failures)
-        return yield* publishRecords(ledger, rest, eventSpans)
+        const settled = yield* settleFailures(failing.progress, failing.paying, error, budget)
+        return yield* sendRecords(
+          settled,
+          ready.filter((item) => !missing.has(item.record.topic)),
+          eventSpans,
+          budget,
+        )
+      }
+      case "KafkaUnavailable": {
+        yield* Effect.logWarning("Kafka unavailable; the batch will be retried with backoff").pipe(
+          Effect.annotateLogs({ error: error.message, batch: ready.length }),
+        )
+        const failing = P.firstOfEachKey(progress, ready)
+        return yield* settleFailures(P.halted(failing.progress), failing.paying, error, budget)
       }
     }
-    yield* Effect.logWarning("Kafka unavailable; the batch will be retried with backoff").pipe(
-      Effect.annotateLogs({ error: error.message, batch: items.length }),
-    )
-    ledger.kafkaUnavailable = true
-    yield* settleFailures(ledger, failInOrder(ledger, items, () => error).failures)
   })
 
-/** With tracing on, each event gets its publish span, and its record the span's traceparent. */
-const startSpans = Effect.fnUntraced(function* (items: ReadonlyArray<Publishable>) {
-  const spans = new Map<string, Tracer.Span>()
-  if (!(yield* TracingEnabled)) return { items, spans }
-  const traced = yield* Effect.forEach(items, (item) =>
-    Effect.map(startPublishSpan(item.event, item.record), (span) => {
-      spans.set(item.event.id, span)
-      return { event: item.event, record: carryingSpan(item.record, span) }
-    }),
-  )
-  return { items: traced, spans }
-})
-
-const endSpans = (spans: ReadonlyMap<string, Tracer.Span>, ledger: Ledger) => {
-  if (spans.size === 0) return Effect.void
-  const results: Array<[ClaimedEvent, PublishResult]> = [
-    ...ledger.sent.map(({ event, delivery }): [ClaimedEvent, PublishResult] => [event, { _tag: "sent", delivery }]),
-    ...ledger.failed.map(({ event, error }): [ClaimedEvent, PublishResult] => [event, { _tag: "failed", error }]),
-    ...ledger.dead.map(({ event, error }): [ClaimedEvent, PublishResult] => [event, { _tag: "dead", error }]),
-    ...ledger.givenBack.map((event): [ClaimedEvent, PublishResult] => [event, { _tag: "held" }]),
-  ]
-  return Effect.forEach(
-    results,
-    ([event, result]) => {
-      const span = spans.get(event.id)
-      return span === undefined ? Effect.void : endPublishSpan(span, result)
-    },
-    { discard: true },
-  )
-}
+const routesOf = (p: P.Progress): ReadonlyArray<readonly [ClaimedEvent, PublishResult]> => [
+  ...p.sent.map(({ event, delivery }) => [event, { _tag: "sent", delivery }] as const),
+  ...p.failed.map(({ event, error }) => [event, { _tag: "failed", error }] as const),
+  ...p.dead.map(({ event, error }) => [event, { _tag: "dead", error }] as const),
+  ...p.givenBack.map((event) => [event, { _tag: "held" }] as const),
+]
 
 /**
  * `holdBack`: events whose key an earlier batch of this pipeline left unsent; they are given
- * back untried. `events` are in id order.
+ * back untried. `events` are in id order. `budget` is asked before every send.
  */
 export const publishBatch = Effect.fn("Relay.publishBatch")(function* (
   events: ReadonlyArray<ClaimedEvent>,
   holdBack: (event: ClaimedEvent) => boolean,
+  budget: SendBudget,
 ) {
   const config = yield* RelayConfig
-  const ledger: Ledger = { sent: [], failed: [], dead: [], givenBack: [], unsentKeys: new Set(), kafkaUnavailable: false }
-  const publishable: Array<Publishable> = []
-  const deadFirst: Array<DeadLetter> = []
-  for (const event of events) {
-    if (isBlocked(ledger, event) || holdBack(event)) {
-      giveBack(ledger, event)
-      continue
-    }
-    const built = buildRecord(event, config.topicMap, config.maxRecordBytes)
-    const exhausted = exhaustedBefore(event.attempts, config)
-    // Dead letters name the topic the event maps to; looked up only for them, off the hot path.
-    if (exhausted !== undefined) {
-      // Its attempts ran out earlier but the dead-letter topic was unreachable then.
-      const original = Result.getOrUndefined(built)
-      const originalTopic = topicFor(config.topicMap, event.eventType)
-      deadFirst.push({ event, reason: exhausted.reason, error: exhausted.error, original, originalTopic })
-    } else if (Result.isFailure(built)) {
-      const originalTopic = topicFor(config.topicMap, event.eventType)
-      deadFirst.push({ event, reason: built.failure.reason, error: built.failure.message, original: undefined, originalTopic })
-    } else {
-      if (event.traceparent !== null && !isValidTraceparent(event.traceparent)) {
-        yield* Effect.logWarning("invalid traceparent dropped; the event is published without it").pipe(
-          Effect.annotateLogs({ event_id: event.eventId, dedup_key: event.dedupKey, traceparent: event.traceparent }),
-        )
-      }
-      publishable.push({ event, record: built.success })
-    }
+  const plan = planBatch(events, holdBack, config)
+  for (const event of plan.invalidTraceparents) {
+    yield* Effect.logWarning("invalid traceparent dropped; the event is published without it").pipe(
+      Effect.annotateLogs({ event_id: event.eventId, dedup_key: event.dedupKey, traceparent: event.traceparent }),
+    )
   }
-  // Dead letters first: a later event of their key goes out only once they are on the DLQ.
-  yield* sendDeadLetters(ledger, deadFirst)
-  const traced = yield* startSpans(
-    publishable.filter((item) => {
-      if (!isBlocked(ledger, item.event)) return true
-      giveBack(ledger, item.event)
-      return false
-    }),
-  )
-  yield* publishRecords(ledger, traced.items, [...traced.spans.values()])
-  yield* endSpans(traced.spans, ledger)
+  const afterLetters = yield* sendLetters(P.givenBack(P.EMPTY_PROGRESS, plan.givenBack), plan.deadLetters, budget)
+  const { ready, progress } = P.takeReady(afterLetters, plan.records)
+  const traced = yield* startEventSpans(ready)
+  const done = yield* sendRecords(progress, traced.items, [...traced.spans.values()], budget)
+  yield* endEventSpans(traced.spans, routesOf(done))
   return {
-    sent: ledger.sent.map((s) => ({ ...s, span: traced.spans.get(s.event.id) })),
-    failed: ledger.failed,
-    dead: ledger.dead,
-    givenBack: ledger.givenBack,
-    kafkaUnavailable: ledger.kafkaUnavailable,
-  } satisfies BatchOutcome
+    sent: done.sent.map((s) => ({ ...s, span: traced.spans.get(s.event.id) })),
+    failed: done.failed,
+    dead: done.dead,
+    givenBack: done.givenBack,
+    kafkaUnavailable: done.kafkaUnavailable,
+  } satisfies P.BatchOutcome
 })

@@ -13,13 +13,14 @@ import { RelayConfig } from "../config/config.ts"
 import { backoffSchedule } from "../domain/backoff.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import { Publisher } from "../kafka/publisher.ts"
-import { OutboxStore } from "../outbox/outbox-store.ts"
+import { type Lease, OutboxStore } from "../outbox/outbox-store.ts"
 import { batchSize as batchSizeMetric, leaseTakeovers } from "../telemetry/metrics.ts"
 import { markOutcome } from "./mark-outcome.ts"
 import { makePipelineCoordinator, type PipelineCoordinator } from "./pipeline-coordinator.ts"
 import { type BatchOutcome, publishBatch } from "./publish-batch.ts"
 import { RelayEvents } from "./relay-events.ts"
 import { RelayState } from "./relay-state.ts"
+import { makeSendBudget } from "./send-budget.ts"
 
 interface Claimed {
   readonly events: ReadonlyArray<ClaimedEvent>
@@ -31,7 +32,13 @@ interface Claimed {
 interface Published {
   readonly claimed: Claimed
   readonly outcome: BatchOutcome
+  /** The lease each row is held under after publishing (renewed while the batch published for long). */
+  readonly leases: ReadonlyMap<string, string>
 }
+
+/** Each event under the lease the batch holds it by now. */
+const currentLeases = (events: ReadonlyArray<ClaimedEvent>, leases: ReadonlyMap<string, string>): ReadonlyArray<Lease> =>
+  events.map((e) => ({ id: e.id, lease: leases.get(e.id) ?? e.lease }))
 
 /** Not paused and not stopping. */
 const isClaimingOn = Effect.gen(function* () {
@@ -164,16 +171,6 @@ const waitForKafka = Effect.gen(function* () {
 })
 
 /**
- * A batch that waited too long for its turn (Kafka was down, say) may no longer be ours by
- * the time it is sent: it is given back untried instead.
- */
-const leaseTooOld = (claimed: Claimed) =>
-  Effect.gen(function* () {
-    const config = yield* RelayConfig
-    return (yield* Clock.currentTimeMillis) - claimed.claimedAt > config.leaseMs - 2 * config.publishTimeoutMs
-  })
-
-/**
  * Publishes a claimed batch. After a batch found Kafka down, its outcome goes on to be marked
  * (FAILED, with backoff) at once, and the next batch waits here until a broker answers; the
  * full buffers then hold the claim stage back, so nothing else is claimed during the outage.
@@ -182,27 +179,36 @@ const publishClaimed = (coordinator: PipelineCoordinator) => (claimed: Claimed) 
   Effect.gen(function* () {
     const state = yield* RelayState
     if (!(yield* Ref.get(state.kafkaReachable))) yield* waitForKafka
-    const outcome: BatchOutcome = (yield* leaseTooOld(claimed))
-      ? { sent: [], failed: [], dead: [], givenBack: claimed.events, kafkaUnavailable: false }
-      : yield* Effect.flatMap(coordinator.holdBackIn(claimed.sequence), (mustHoldBack) =>
-          publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey)).pipe(
-            Effect.tap((o) => coordinator.published([...o.sent, ...o.failed, ...o.dead].map((p) => p.event))),
-            Effect.uninterruptible,
+    // A batch that waited long for its turn (Kafka was down, say) is renewed or given back
+    // untried by the budget, before any send.
+    const budget = yield* makeSendBudget(claimed.events, claimed.claimedAt, coordinator.renewed)
+    const mustHoldBack = yield* coordinator.holdBackIn(claimed.sequence)
+    const outcome = yield* publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey), budget).pipe(
+      Effect.tap((o) =>
+        Effect.flatMap(budget.leases, (leases) =>
+          coordinator.published(
+            currentLeases(
+              [...o.sent, ...o.failed, ...o.dead].map((p) => p.event),
+              leases,
+            ),
           ),
-        )
+        ),
+      ),
+      Effect.uninterruptible,
+    )
     yield* coordinator.leftUnsent([...outcome.failed.map((f) => f.event.aggregateKey), ...outcome.givenBack.map((e) => e.aggregateKey)])
     if (outcome.kafkaUnavailable) yield* Ref.set(state.kafkaReachable, false)
-    return { claimed, outcome } satisfies Published
+    return { claimed, outcome, leases: yield* budget.leases } satisfies Published
   })
 
 /** Writes the outcome back, then lets the coordinator count the batch out of the pipeline. */
 const markPublished =
   (coordinator: PipelineCoordinator) =>
-  ({ claimed, outcome }: Published) =>
+  ({ claimed, outcome, leases }: Published) =>
     Effect.gen(function* () {
       const relayEvents = yield* RelayEvents
       const ids = claimed.events.map((e) => e.id)
-      const summary = yield* markOutcome(outcome).pipe(Effect.ensuring(coordinator.finished(claimed.events)))
+      const summary = yield* markOutcome(outcome, leases).pipe(Effect.ensuring(coordinator.finished(currentLeases(claimed.events, leases))))
       // Progress counts as a cycle: a long backlog drain must not look like a stalled loop.
       yield* recordCycle
       yield* relayEvents.emit({ _tag: "BatchMarked", ids, summary })
@@ -214,6 +220,7 @@ const markPublished =
           dead: summary.dead,
           given_back: summary.givenBack,
           lost: summary.lost,
+          unmarkable: summary.unmarkable,
         }),
       )
     }).pipe(Effect.uninterruptible)

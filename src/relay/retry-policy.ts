@@ -6,12 +6,11 @@
 import { Clock, Duration, Effect, Schedule } from "effect"
 import type { RelayConfigShape } from "../config/config.ts"
 import { backoffSchedule } from "../domain/backoff.ts"
-import type { DatabaseError, DeadReason, InvalidEvent, KafkaRejected, KafkaUnavailable } from "../domain/errors.ts"
+import type { DatabaseError, DeadReason, InvalidEvent, KafkaPublishError } from "../domain/errors.ts"
 
 /** What went wrong for one event on this attempt. */
 export type PublishFailure =
-  | KafkaUnavailable
-  | KafkaRejected
+  | KafkaPublishError
   | InvalidEvent
   /** The event had to go to the dead-letter topic, and that topic could not be reached. */
   | { readonly _tag: "DeadLetterUnavailable"; readonly message: string }
@@ -26,7 +25,8 @@ type Policy = Pick<RelayConfigShape, "maxAttempts" | "backoffBaseMs" | "backoffM
  * `attempts`: failed attempts before this one. Records Kafka refuses and rows that cannot be
  * records die at once (no retry can fix them); an unreachable broker or topic costs an attempt,
  * and the last attempt dies as `attempts_exhausted`. A dead letter whose topic is unreachable
- * never dies of it: it waits, FAILED, for the dead-letter topic to come back.
+ * never dies of it: it waits, FAILED, for the dead-letter topic to come back, and its waits
+ * cost no attempt (attempts never grow past MAX_ATTEMPTS).
  */
 export const decide = (attempts: number, failure: PublishFailure, policy: Policy): Effect.Effect<RetryDecision> =>
   Effect.gen(function* () {
@@ -37,6 +37,7 @@ export const decide = (attempts: number, failure: PublishFailure, policy: Policy
       case "DeadLetterUnavailable":
         return { _tag: "RetryLater", delayMs: yield* retryDelayMs(policy, attempts + 1), error: failure.message }
       case "KafkaUnavailable":
+      case "KafkaUnknownTopic":
         if (attempts + 1 >= policy.maxAttempts) {
           return { _tag: "Dead", reason: "attempts_exhausted", error: `gave up after ${attempts + 1} attempts: ${failure.message}` }
         }
@@ -72,9 +73,11 @@ export const retryDelayBounds = (policy: Policy, retry: number): { readonly min:
  * How long a mark that fails on the database is retried. A mark that never lands after Kafka
  * acknowledged leaves rows leased; they come back after the lease and go out again (a
  * duplicate). Retrying for most of the lease rides out a database restart without one; past
- * that, another instance may already have them. Only database errors are worth retrying.
+ * that, another instance may already have them. Only an outage or a lost race is worth
+ * retrying: a data error fails the same way every time (its rows are isolated instead), and a
+ * programming error needs an operator.
  */
 export const markRetry = (leaseMs: number) => ({
   schedule: backoffSchedule({ baseMs: 100, maxMs: 2_000 }).pipe(Schedule.upTo({ duration: Duration.millis(leaseMs * 0.8) })),
-  while: (e: DatabaseError) => e._tag === "DatabaseError",
+  while: (e: DatabaseError) => e.fault === "outage" || e.fault === "conflict",
 })

@@ -22,6 +22,11 @@ export const leaseTakeovers = Metric.counter("outbox_lease_takeovers_total", {
   incremental: true,
 })
 
+export const unmarkableRows = Metric.counter("outbox_unmarkable_total", {
+  description: "Rows whose mark PostgreSQL refused (a data error), settled DEAD with reason unmarkable",
+  incremental: true,
+})
+
 export const leasesLost = Metric.counter("outbox_lease_lost_total", {
   description: "Rows this instance published but could not mark, because another instance had taken them over",
   incremental: true,

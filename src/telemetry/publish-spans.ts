@@ -71,3 +71,34 @@ export const endPublishSpan = (span: Tracer.Span, result: PublishResult): Effect
       }
     }),
   )
+
+/** With tracing on, each event gets its publish span, and its record the span's traceparent. */
+export const startEventSpans = Effect.fnUntraced(function* <T extends { readonly event: ClaimedEvent; readonly record: OutboundRecord }>(
+  items: ReadonlyArray<T>,
+) {
+  const spans = new Map<string, Tracer.Span>()
+  if (!(yield* TracingEnabled)) return { items, spans }
+  const traced = yield* Effect.forEach(items, (item) =>
+    Effect.map(startPublishSpan(item.event, item.record), (span) => {
+      spans.set(item.event.id, span)
+      return { ...item, record: carryingSpan(item.record, span) }
+    }),
+  )
+  return { items: traced, spans }
+})
+
+/** Ends each event's publish span with the route its event took. */
+export const endEventSpans = (
+  spans: ReadonlyMap<string, Tracer.Span>,
+  results: ReadonlyArray<readonly [event: ClaimedEvent, result: PublishResult]>,
+): Effect.Effect<void> =>
+  spans.size === 0
+    ? Effect.void
+    : Effect.forEach(
+        results,
+        ([event, result]) => {
+          const span = spans.get(event.id)
+          return span === undefined ? Effect.void : endPublishSpan(span, result)
+        },
+        { discard: true },
+      )

@@ -166,6 +166,7 @@ export const publishClicks = (topic: string, clicks: ReadonlyArray<TestClick>) =
           requestId: `req-${c.dedupKey}`,
           traceparent: c.traceparent ?? null,
           attempts: 0,
+          waitingDeadLetter: null,
           createdAtMs: Date.now(),
           takenOverFrom: null,
           lease: "",

@@ -6,7 +6,7 @@
  */
 import { Clock, Effect, Layer } from "effect"
 import { RelayConfig } from "../../src/config/config.ts"
-import { KafkaRejected, KafkaUnavailable } from "../../src/domain/errors.ts"
+import { KafkaRejected, KafkaUnavailable, KafkaUnknownTopic } from "../../src/domain/errors.ts"
 import type { Delivery } from "../../src/domain/outbox-event.ts"
 import { Publisher } from "../../src/kafka/publisher.ts"
 import { type OutboundRecord, recordBytes } from "../../src/kafka/records.ts"
@@ -151,11 +151,11 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
           if (kafka.faults.errorRate > 0 && kafka.random() < kafka.faults.errorRate) {
             return yield* notLeader
           }
-          const missing = records.find((r) => !kafka.topics.has(r.topic))
-          if (missing !== undefined) {
-            return yield* new KafkaUnavailable({
-              reason: "unknown_topic",
-              message: `UNKNOWN_TOPIC_OR_PARTITION ${missing.topic}`,
+          const missing = [...new Set(records.filter((r) => !kafka.topics.has(r.topic)).map((r) => r.topic))]
+          if (missing.length > 0) {
+            return yield* new KafkaUnknownTopic({
+              topics: missing,
+              message: `UNKNOWN_TOPIC_OR_PARTITION ${missing.join(", ")}`,
               cause: null,
             })
           }
@@ -240,10 +240,6 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
         checkReachable: Effect.suspend(() =>
           kafka.faults.down || kafka.faults.severed.has(me) ? Effect.fail(connectionRefused) : Effect.void,
         ),
-        missingTopics: (topics) =>
-          Effect.suspend(() =>
-            kafka.faults.down ? Effect.fail(connectionRefused) : Effect.succeed(new Set([...topics].filter((t) => !kafka.topics.has(t)))),
-          ),
       })
     }),
   )

@@ -1,5 +1,5 @@
 /**
- * An in-memory outbox table that keeps the OutboxStore contract (test/contract/outbox-store-contract.ts
+ * An in-memory outbox table that keeps the OutboxStore contract (test/support/outbox-store-contract.ts
  * proves it against the same tests as the PostgreSQL store): leases and their expiry, the
  * per-key claim rule, marks only on rows the instance still holds, FAILED with next_attempt_at.
  * Time is the Effect Clock, so under TestClock leases expire and retries come due when the
@@ -155,6 +155,8 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
               requestId: row.requestId,
               traceparent: row.traceparent,
               attempts: row.attempts,
+              waitingDeadLetter:
+                row.status === "FAILED" && row.deadReason !== null ? { reason: row.deadReason, error: row.lastError ?? "" } : null,
               createdAtMs: row.createdAt,
               takenOverFrom: previousOwner,
               lease: String(row.lockedUntil),
@@ -202,19 +204,39 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
           mark("mark failed", marks, (row, i, now) => {
             const m = marks[i]!
             row.status = "FAILED"
-            row.attempts += 1
+            if (m.countsAttempt) row.attempts += 1
             row.lastError = m.error
+            row.deadReason = m.deadReason
             row.nextAttemptAt = now + m.retryInMs
-            db.journal.retries.push({ id: row.id, retry: row.attempts, delayMs: m.retryInMs })
+            // The retry the delay was drawn for: a wait for the dead letter spends no attempt.
+            db.journal.retries.push({ id: row.id, retry: m.countsAttempt ? row.attempts : row.attempts + 1, delayMs: m.retryInMs })
           }),
         markDead: (marks) =>
           mark("mark dead", marks, (row, i) => {
             const m = marks[i]!
             row.status = "DEAD"
-            row.attempts += 1
+            if (m.countsAttempt) row.attempts += 1
             row.deadReason = m.reason
             row.lastError = m.error
           }),
+        settleUnmarkable: (marks) =>
+          mark("settle unmarkable", marks, (row, i) => {
+            row.status = "DEAD"
+            row.deadReason = "unmarkable"
+            row.lastError = marks[i]!.error
+          }),
+        renewLeases: (leases) =>
+          leases.length === 0
+            ? Effect.succeed([])
+            : statement("renew leases", (state, now) =>
+                leases.flatMap((held) => {
+                  const row = state.rows.find((r) => r.id === Number(held.id))
+                  if (!holds(row, held)) return []
+                  row.lockedUntil = now + config.leaseMs
+                  db.observer?.fenced("renew", me, now, row, held.lease)
+                  return [{ id: held.id, lease: String(row.lockedUntil) }]
+                }),
+              ),
         release: (leases) =>
           leases.length === 0
             ? Effect.succeed(0)

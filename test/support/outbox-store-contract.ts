@@ -90,7 +90,9 @@ export const outboxStoreContract = (test: Register) => {
       const [k1, k2] = inserted as [string, string]
       const claimed = yield* a.claimDue(1)
       expect(ids(claimed)).toEqual([k1])
-      const failed = yield* a.markFailed([{ ...lease(claimed[0]!), error: "broker down", retryInMs: 600 }])
+      const failed = yield* a.markFailed([
+        { ...lease(claimed[0]!), error: "broker down", retryInMs: 600, countsAttempt: true, deadReason: null },
+      ])
       expect(failed).toEqual({ marked: [k1], lost: [] })
       expect(yield* env.row(k1)).toMatchObject({ status: "FAILED", attempts: 1, lockedBy: null })
       expect(yield* a.claimDue(10)).toEqual([])
@@ -123,8 +125,14 @@ export const outboxStoreContract = (test: Register) => {
       const { inserted } = yield* a.append([event("d1", null), event("d2", null)])
       const [d1, d2] = inserted as [string, string]
       const held = lease((yield* a.claimDue(10))[0]!)
-      expect(yield* b.markDead([{ ...held, reason: "unknown_event_type", error: "no topic" }])).toEqual({ marked: [], lost: [d1] })
-      expect(yield* a.markDead([{ ...held, reason: "unknown_event_type", error: "no topic" }])).toEqual({ marked: [d1], lost: [] })
+      expect(yield* b.markDead([{ ...held, reason: "unknown_event_type", error: "no topic", countsAttempt: true }])).toEqual({
+        marked: [],
+        lost: [d1],
+      })
+      expect(yield* a.markDead([{ ...held, reason: "unknown_event_type", error: "no topic", countsAttempt: true }])).toEqual({
+        marked: [d1],
+        lost: [],
+      })
       expect(yield* env.row(d1)).toEqual({ status: "DEAD", attempts: 1, lockedBy: null, deadReason: "unknown_event_type" })
       // A marked row is not marked twice.
       expect(yield* a.markSent([{ ...held, topic: "t", partition: 0, offset: "0" }])).toEqual({ marked: [], lost: [d1] })
@@ -158,7 +166,10 @@ export const outboxStoreContract = (test: Register) => {
       expect(ids(second)).toEqual([s1, s2, s3])
       const [old1, old2, old3] = first.map(lease) as [Lease, Lease, Lease]
       expect(yield* a.markSent([{ ...old1, topic: "t", partition: 0, offset: "0" }])).toEqual({ marked: [], lost: [s1] })
-      expect(yield* a.markFailed([{ ...old2, error: "timeout", retryInMs: 600 }])).toEqual({ marked: [], lost: [s2] })
+      expect(yield* a.markFailed([{ ...old2, error: "timeout", retryInMs: 600, countsAttempt: true, deadReason: null }])).toEqual({
+        marked: [],
+        lost: [s2],
+      })
       expect(yield* a.release([old3])).toBe(0)
       // The second claim still holds all three, untouched, and its own marks land.
       for (const id of [s1, s2, s3]) expect(yield* env.row(id)).toMatchObject({ status: "NEW", attempts: 0, lockedBy: "instance-a" })

@@ -16,6 +16,7 @@ const event = (over: Partial<ClaimedEvent> = {}): ClaimedEvent => ({
   requestId: "req-1",
   traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
   attempts: 0,
+  waitingDeadLetter: null,
   createdAtMs: 0,
   takenOverFrom: null,
   lease: "",
