@@ -3,9 +3,9 @@
  * violations it found, described well enough to start debugging from the seed.
  */
 import type { DeadReason } from "../../../src/domain/errors.ts"
+import { retryDelayBounds } from "../backoff-bounds.ts"
 import type { LoggedRecord, SendCounts } from "../fake-kafka.ts"
 import type { FakeRow } from "../fake-outbox-store.ts"
-import { retryDelayBounds } from "./retry-bounds.ts"
 import type { EventKind } from "./scenario.ts"
 import type { SimulationResult } from "./world.ts"
 

@@ -5,8 +5,8 @@
  * gives the least and the most it can ever produce. Nothing here restates its formula.
  */
 import { Clock, Duration, Effect, Random, Schedule } from "effect"
-import type { RelayConfigShape } from "../../../src/config/config.ts"
-import { backoffSchedule } from "../../../src/domain/backoff.ts"
+import type { RelayConfigShape } from "../../src/config/config.ts"
+import { backoffSchedule } from "../../src/domain/backoff.ts"
 
 type Policy = Pick<RelayConfigShape, "backoffBaseMs" | "backoffMaxMs">
 
