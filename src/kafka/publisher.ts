@@ -173,7 +173,8 @@ export class Publisher extends Context.Service<
           for (const topic of new Set(records.map((r) => r.topic))) if (!(yield* Cache.get(topicExists, topic))) missing.push(topic)
           // Metadata says they all exist now (created meanwhile): an ordinary transient failure.
           if (missing.length === 0) return new KafkaUnavailable({ reason: "unreachable", message: error.message, cause: error })
-          return new KafkaUnknownTopic({ topics: missing, message: `topics missing on the broker: ${missing.join(", ")}`, cause: error })
+          const message = missing.map((topic) => `topic ${topic} does not exist on the broker`).join("; ")
+          return new KafkaUnknownTopic({ topics: missing, message, cause: error })
         })
 
       const send = (records: ReadonlyArray<OutboundRecord>) =>

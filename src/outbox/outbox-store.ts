@@ -247,12 +247,13 @@ export class OutboxStore extends Context.Service<
           : fenced<{ id: string }>(
               marks,
               sql`status = 'FAILED', attempts = o.attempts + d.counts::int, last_error = left(d.error, ${errorChars}),
-                  dead_reason = d.dead_reason, next_attempt_at = now() + make_interval(secs => d.retry_in_ms / 1000.0),
+                  dead_reason = nullif(d.dead_reason, ''), next_attempt_at = now() + make_interval(secs => d.retry_in_ms / 1000.0),
                   locked_by = NULL, locked_until = NULL`,
               sql`, unnest(${marks.map((m) => m.error)}::text[]) AS error,
                     unnest(${marks.map((m) => m.retryInMs)}::float8[]) AS retry_in_ms,
                     unnest(${marks.map((m) => m.countsAttempt)}::bool[]) AS counts,
-                    unnest(${marks.map((m) => m.deadReason)}::text[]) AS dead_reason`,
+                    -- '' for none: the client cannot type an array of only NULLs.
+                    unnest(${marks.map((m) => m.deadReason ?? "")}::text[]) AS dead_reason`,
             ).pipe(
               Effect.map((rows) => lostFrom(marks, rows)),
               Effect.mapError(toDatabaseError("mark failed")),

@@ -10,7 +10,7 @@ import { RelayConfig } from "../config/config.ts"
 import type { KafkaPublishError, KafkaUnavailable, KafkaUnknownTopic } from "../domain/errors.ts"
 import { type DeadLetter, type DeadLetterShape, deadLetterRecord } from "../kafka/dead-letter-record.ts"
 import { Publisher } from "../kafka/publisher.ts"
-import type { SendBudget } from "./send-budget.ts"
+import type { SendBudget } from "./lease-keeper.ts"
 
 export type LetterResult =
   | { readonly _tag: "Delivered"; readonly letter: DeadLetter; readonly shape: DeadLetterShape }

@@ -21,7 +21,22 @@
  */
 import { Effect, TxRef } from "effect"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
-import type { Lease } from "../outbox/outbox-store.ts"
+
+/** A row this pipeline claimed and has not finished publishing, under the lease it holds now. */
+export interface HeldRow {
+  readonly lease: string
+  /** When the lease runs out, by this process's clock (from before the statement that wrote it). */
+  readonly expiresAt: number
+  /** The claim that holds it: a row claimed again by a later batch belongs to that batch. */
+  readonly sequence: number
+}
+
+/** A renewal of one row: from the lease it was held under to the new one. */
+export interface Renewal {
+  readonly id: string
+  readonly from: string
+  readonly to: string
+}
 
 interface PipelineState {
   /** Sequence number the next admitted claim gets. */
@@ -29,13 +44,11 @@ interface PipelineState {
   /** Claims admitted and not yet finished (marked, or found nothing). */
   readonly inFlight: number
   /**
-   * Rows (id → lease) this instance claimed and has not yet tried to publish: what a stop
-   * gives back. A published row is not given back: if its mark never lands, its lease expires
-   * and the row is taken over (a counted duplicate), never quietly re-sent. Keyed by lease as
-   * well as id: a row whose lease expired in flight may be claimed again by a later batch, and
-   * the earlier batch's publish must not strike the later claim's entry.
+   * Rows this pipeline claimed and has not yet tried to publish: what the lease keeper renews
+   * and what a stop gives back. A published row is not given back: if its mark never lands,
+   * its lease expires and the row is taken over (a counted duplicate), never quietly re-sent.
    */
-  readonly unpublished: ReadonlyMap<string, string>
+  readonly unpublished: ReadonlyMap<string, HeldRow>
   /** key → the highest batch sequence whose events of that key must be given back. */
   readonly holdBack: ReadonlyMap<string, number>
   /** Claims wait until the pipeline is empty (set by a hold-back, cleared when inFlight reaches 0). */
@@ -47,20 +60,25 @@ const initial: PipelineState = { nextSequence: 1, inFlight: 0, unpublished: new 
 export interface PipelineCoordinator {
   /** Waits while the pipeline drains after a hold-back, then admits one claim and gives its sequence. */
   readonly admitClaim: Effect.Effect<number>
-  /** The admitted claim returned these rows (call in the same uninterruptible step as the claim). */
-  readonly claimed: (events: ReadonlyArray<ClaimedEvent>) => Effect.Effect<void>
+  /** Claim `sequence` returned these rows (call in the same uninterruptible step as the claim). */
+  readonly claimed: (sequence: number, events: ReadonlyArray<ClaimedEvent>, expiresAt: number) => Effect.Effect<void>
   /** For batch `sequence`: whether an event of a key must be given back behind an earlier unsent one. */
   readonly holdBackIn: (sequence: number) => Effect.Effect<(key: string | null) => boolean>
   /** Events of these keys were left unsent by a batch: later ones already claimed must wait. */
   readonly leftUnsent: (keys: Iterable<string | null>) => Effect.Effect<void>
-  /** Publishing was attempted for these rows (sent, failed or dead): a stop no longer gives them back. */
-  readonly published: (leases: ReadonlyArray<Lease>) => Effect.Effect<void>
-  /** These rows' leases were renewed: a stop gives them back under the new lease. */
-  readonly renewed: (leases: ReadonlyArray<Lease>) => Effect.Effect<void>
-  /** A claim finished: its rows are marked or released (or it found none). */
-  readonly finished: (leases: ReadonlyArray<Lease>) => Effect.Effect<void>
-  /** Leases this instance holds and has not tried to publish. */
-  readonly unpublished: Effect.Effect<ReadonlyArray<Lease>>
+  /** Rows of batch `sequence` not yet through publishing, with their current leases. */
+  readonly heldBy: (sequence: number) => Effect.Effect<ReadonlyMap<string, HeldRow>>
+  /**
+   * Batch `sequence` is through publishing: its rows leave the renewed, given-back-at-stop set,
+   * and the leases they are held under now are what its marks and releases must name.
+   */
+  readonly published: (sequence: number) => Effect.Effect<ReadonlyMap<string, string>>
+  /** Leases renewed at `startedAt`; a row whose lease changed meanwhile (claimed again) is left alone. */
+  readonly renewed: (renewals: ReadonlyArray<Renewal>, expiresAt: number) => Effect.Effect<void>
+  /** Batch `sequence` finished: its rows are marked or released (or it found none). */
+  readonly finished: (sequence: number) => Effect.Effect<void>
+  /** Rows this pipeline holds and has not tried to publish. */
+  readonly unpublished: Effect.Effect<ReadonlyMap<string, HeldRow>>
 }
 
 export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effect.gen(function* () {
@@ -75,30 +93,43 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
     }),
   )
 
-  const claimed = (events: ReadonlyArray<ClaimedEvent>) =>
+  const claimed = (sequence: number, events: ReadonlyArray<ClaimedEvent>, expiresAt: number) =>
     events.length === 0
       ? Effect.void
       : TxRef.update(state, (s) => {
           const unpublished = new Map(s.unpublished)
-          for (const e of events) unpublished.set(e.id, e.lease)
+          for (const e of events) unpublished.set(e.id, { lease: e.lease, expiresAt, sequence })
           return { ...s, unpublished }
         })
 
-  const without = (s: PipelineState, leases: ReadonlyArray<Lease>) => {
-    if (leases.length === 0) return s.unpublished
+  /** The rows of batch `sequence` taken out of the unpublished set, with their leases. */
+  const take = (s: PipelineState, sequence: number) => {
+    const taken = new Map<string, string>()
     const unpublished = new Map(s.unpublished)
-    for (const { id, lease } of leases) if (unpublished.get(id) === lease) unpublished.delete(id)
-    return unpublished
+    for (const [id, held] of s.unpublished) {
+      if (held.sequence !== sequence) continue
+      taken.set(id, held.lease)
+      unpublished.delete(id)
+    }
+    return { taken, unpublished }
   }
 
-  const published = (leases: ReadonlyArray<Lease>) => TxRef.update(state, (s) => ({ ...s, unpublished: without(s, leases) }))
+  const heldBy = (sequence: number) =>
+    Effect.map(TxRef.get(state), (s) => new Map([...s.unpublished].filter(([, held]) => held.sequence === sequence)))
 
-  const renewed = (leases: ReadonlyArray<Lease>) =>
+  const published = (sequence: number) =>
+    TxRef.modify(state, (s): [ReadonlyMap<string, string>, PipelineState] => {
+      const { taken, unpublished } = take(s, sequence)
+      return [taken, { ...s, unpublished }]
+    })
+
+  const renewed = (renewals: ReadonlyArray<Renewal>, expiresAt: number) =>
     TxRef.update(state, (s) => {
-      // Only rows still unpublished matter to a stop; a renewal never adds one back.
-      if (!leases.some(({ id }) => s.unpublished.has(id))) return s
       const unpublished = new Map(s.unpublished)
-      for (const { id, lease } of leases) if (unpublished.has(id)) unpublished.set(id, lease)
+      for (const { id, from, to } of renewals) {
+        const held = unpublished.get(id)
+        if (held?.lease === from) unpublished.set(id, { ...held, lease: to, expiresAt })
+      }
       return { ...s, unpublished }
     })
 
@@ -122,9 +153,9 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
       return { ...s, holdBack, awaitingDrain: true }
     })
 
-  const finished = (leases: ReadonlyArray<Lease>) =>
+  const finished = (sequence: number) =>
     TxRef.update(state, (s) => {
-      const unpublished = without(s, leases)
+      const { unpublished } = take(s, sequence)
       const inFlight = Math.max(0, s.inFlight - 1)
       // Empty pipeline: every unsent row is marked, so claims see them and hold their keys themselves.
       return inFlight === 0 ? { ...s, unpublished, inFlight, holdBack: new Map(), awaitingDrain: false } : { ...s, unpublished, inFlight }
@@ -135,9 +166,10 @@ export const makePipelineCoordinator: Effect.Effect<PipelineCoordinator> = Effec
     claimed,
     holdBackIn,
     leftUnsent,
+    heldBy,
     published,
     renewed,
     finished,
-    unpublished: TxRef.get(state).pipe(Effect.map((s) => [...s.unpublished].map(([id, lease]) => ({ id, lease })))),
+    unpublished: Effect.map(TxRef.get(state), (s) => s.unpublished),
   }
 })

@@ -19,10 +19,10 @@ import { Publisher } from "../kafka/publisher.ts"
 import { publishDurationSeconds } from "../telemetry/metrics.ts"
 import { endEventSpans, type PublishResult, startEventSpans } from "../telemetry/publish-spans.ts"
 import { deliverDeadLetters, type LetterResult } from "./dead-letter-delivery.ts"
+import type { SendBudget } from "./lease-keeper.ts"
 import { type Publishable, planBatch } from "./publish-plan.ts"
 import * as P from "./publish-progress.ts"
 import { decide, type PublishFailure } from "./retry-policy.ts"
-import type { SendBudget } from "./send-budget.ts"
 
 export type { BatchOutcome, DeadEvent, FailedEvent, SentEvent } from "./publish-progress.ts"
 

@@ -13,14 +13,14 @@ import { RelayConfig } from "../config/config.ts"
 import { backoffSchedule } from "../domain/backoff.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import { Publisher } from "../kafka/publisher.ts"
-import { type Lease, OutboxStore } from "../outbox/outbox-store.ts"
+import { OutboxStore } from "../outbox/outbox-store.ts"
 import { batchSize as batchSizeMetric, leaseTakeovers } from "../telemetry/metrics.ts"
+import { type LeaseKeeper, makeLeaseKeeper } from "./lease-keeper.ts"
 import { markOutcome } from "./mark-outcome.ts"
 import { makePipelineCoordinator, type PipelineCoordinator } from "./pipeline-coordinator.ts"
 import { type BatchOutcome, publishBatch } from "./publish-batch.ts"
 import { RelayEvents } from "./relay-events.ts"
 import { RelayState } from "./relay-state.ts"
-import { makeSendBudget } from "./send-budget.ts"
 
 interface Claimed {
   readonly events: ReadonlyArray<ClaimedEvent>
@@ -32,13 +32,9 @@ interface Claimed {
 interface Published {
   readonly claimed: Claimed
   readonly outcome: BatchOutcome
-  /** The lease each row is held under after publishing (renewed while the batch published for long). */
+  /** The lease each row is held under after publishing (renewed while it waited and published). */
   readonly leases: ReadonlyMap<string, string>
 }
-
-/** Each event under the lease the batch holds it by now. */
-const currentLeases = (events: ReadonlyArray<ClaimedEvent>, leases: ReadonlyMap<string, string>): ReadonlyArray<Lease> =>
-  events.map((e) => ({ id: e.id, lease: leases.get(e.id) ?? e.lease }))
 
 /** Not paused and not stopping. */
 const isClaimingOn = Effect.gen(function* () {
@@ -99,12 +95,12 @@ const claimBatch = Effect.fn("Relay.claimBatch")(function* (coordinator: Pipelin
   // Claiming and recording the leases happen together, so a stop in between cannot orphan one.
   const events = yield* Effect.uninterruptible(
     store.claimDue(config.batchSize, after).pipe(
-      Effect.tap((events) => coordinator.claimed(events)),
-      Effect.onError(() => coordinator.finished([])),
+      Effect.tap((events) => coordinator.claimed(sequence, events, claimedAt + config.leaseMs)),
+      Effect.onError(() => coordinator.finished(sequence)),
     ),
   )
   if (events.length === 0) {
-    yield* coordinator.finished([])
+    yield* coordinator.finished(sequence)
     yield* relayEvents.emit({ _tag: "ClaimedNothing" })
     return { events, claimedAt, sequence } satisfies Claimed
   }
@@ -175,30 +171,20 @@ const waitForKafka = Effect.gen(function* () {
  * (FAILED, with backoff) at once, and the next batch waits here until a broker answers; the
  * full buffers then hold the claim stage back, so nothing else is claimed during the outage.
  */
-const publishClaimed = (coordinator: PipelineCoordinator) => (claimed: Claimed) =>
+const publishClaimed = (coordinator: PipelineCoordinator, keeper: LeaseKeeper) => (claimed: Claimed) =>
   Effect.gen(function* () {
     const state = yield* RelayState
     if (!(yield* Ref.get(state.kafkaReachable))) yield* waitForKafka
-    // A batch that waited long for its turn (Kafka was down, say) is renewed or given back
-    // untried by the budget, before any send.
-    const budget = yield* makeSendBudget(claimed.events, claimed.claimedAt, coordinator.renewed)
     const mustHoldBack = yield* coordinator.holdBackIn(claimed.sequence)
-    const outcome = yield* publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey), budget).pipe(
-      Effect.tap((o) =>
-        Effect.flatMap(budget.leases, (leases) =>
-          coordinator.published(
-            currentLeases(
-              [...o.sent, ...o.failed, ...o.dead].map((p) => p.event),
-              leases,
-            ),
-          ),
-        ),
-      ),
+    // The budget gives the batch back untried if its leases could not be kept (lease-keeper.ts).
+    const budget = keeper.budgetFor(claimed.sequence)
+    const [outcome, leases] = yield* publishBatch(claimed.events, (e) => mustHoldBack(e.aggregateKey), budget).pipe(
+      Effect.flatMap((o) => Effect.map(coordinator.published(claimed.sequence), (leases) => [o, leases] as const)),
       Effect.uninterruptible,
     )
     yield* coordinator.leftUnsent([...outcome.failed.map((f) => f.event.aggregateKey), ...outcome.givenBack.map((e) => e.aggregateKey)])
     if (outcome.kafkaUnavailable) yield* Ref.set(state.kafkaReachable, false)
-    return { claimed, outcome, leases: yield* budget.leases } satisfies Published
+    return { claimed, outcome, leases } satisfies Published
   })
 
 /** Writes the outcome back, then lets the coordinator count the batch out of the pipeline. */
@@ -208,7 +194,7 @@ const markPublished =
     Effect.gen(function* () {
       const relayEvents = yield* RelayEvents
       const ids = claimed.events.map((e) => e.id)
-      const summary = yield* markOutcome(outcome, leases).pipe(Effect.ensuring(coordinator.finished(currentLeases(claimed.events, leases))))
+      const summary = yield* markOutcome(outcome, leases).pipe(Effect.ensuring(coordinator.finished(claimed.sequence)))
       // Progress counts as a cycle: a long backlog drain must not look like a stalled loop.
       yield* recordCycle
       yield* relayEvents.emit({ _tag: "BatchMarked", ids, summary })
@@ -230,7 +216,7 @@ const releaseUnpublished = (coordinator: PipelineCoordinator) =>
   Effect.gen(function* () {
     const store = yield* OutboxStore
     const relayEvents = yield* RelayEvents
-    const count = yield* store.release(yield* coordinator.unpublished)
+    const count = yield* store.release([...(yield* coordinator.unpublished)].map(([id, held]) => ({ id, lease: held.lease })))
     if (count > 0) yield* Effect.logInfo("released unpublished leases").pipe(Effect.annotateLogs({ count }))
     yield* relayEvents.emit({ _tag: "LeasesReleased", count })
   }).pipe(
@@ -246,6 +232,9 @@ const pipeline = Effect.gen(function* () {
   const state = yield* RelayState
   // A fresh coordinator per run: a run that failed took its batches in flight with it.
   const coordinator = yield* makePipelineCoordinator
+  const keeper = yield* makeLeaseKeeper(coordinator)
+  // Renews the leases of rows waiting in the pipeline or being published; ends with this run.
+  yield* Effect.forkChild(keeper.keep)
   const rowsSeenAt = yield* Ref.make(0)
   yield* (yield* triggers(rowsSeenAt)).pipe(
     Stream.takeUntilEffect(() => Ref.get(state.stopping)),
@@ -253,7 +242,7 @@ const pipeline = Effect.gen(function* () {
     Stream.flatMap(() => claimUntilDrained(coordinator, rowsSeenAt).pipe(Stream.onEnd(recordCycle))),
     // Claim the next batch while this one is published…
     Stream.buffer({ capacity: 1 }),
-    Stream.mapEffect(publishClaimed(coordinator)),
+    Stream.mapEffect(publishClaimed(coordinator, keeper)),
     // …and mark this one while the next is published.
     Stream.buffer({ capacity: 1 }),
     Stream.mapEffect(markPublished(coordinator)),

@@ -5,31 +5,11 @@
  * itself, and holds back only the later events of its own key, for as long as it is unsent.
  */
 import { describe, expect, it } from "vitest"
-import { Kafka, KafkaLogLevel } from "../../src/kafka/kafkajs.ts"
 import { type EventSpec, insertEvents } from "../support/fault/event-writer.ts"
 import { readOutbox, waitDrained } from "../support/fault/fault-db.ts"
-import { type KafkaMessage, readAll } from "../support/fault/kafka-readback.ts"
+import { type KafkaMessage, limitTopic, readAll } from "../support/fault/kafka-readback.ts"
 import { expectEveryEventAccountedFor, printReport } from "../support/fault/ledger.ts"
 import { Scenario, type Stage, settle, stage } from "../support/fault/scenario.ts"
-
-// kafkajs' ConfigResourceTypes.TOPIC (not a named export under ESM).
-const CONFIG_RESOURCE_TOPIC = 2
-
-/** Lowers a topic's max.message.bytes, so the broker refuses what a default topic would take. */
-const limitTopic = async (brokers: string, topic: string, maxMessageBytes: number) => {
-  const admin = new Kafka({ clientId: "outbox-fault-admin", brokers: brokers.split(","), logLevel: KafkaLogLevel.NOTHING }).admin()
-  await admin.connect()
-  try {
-    await admin.alterConfigs({
-      validateOnly: false,
-      resources: [
-        { type: CONFIG_RESOURCE_TOPIC, name: topic, configEntries: [{ name: "max.message.bytes", value: String(maxMessageBytes) }] },
-      ],
-    })
-  } finally {
-    await admin.disconnect()
-  }
-}
 
 const followers = (key: string, n: number, eventType = "search_click"): ReadonlyArray<EventSpec> =>
   Array.from({ length: n }, (_, i) => ({ dedupKey: `${key}-follower-${i}`, eventType, aggregateKey: key, payload: { after: key, i } }))

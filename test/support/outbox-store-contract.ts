@@ -179,6 +179,61 @@ export const outboxStoreContract = (test: Register) => {
       })
     }))
 
+  test("renews only leases still held under the lease given, and marks then need the new lease", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const b = yield* env.instance("instance-b")
+      const { inserted } = yield* a.append([event("r1", "K"), event("r2", null)])
+      const [r1, r2] = inserted as [string, string]
+      const claimed = yield* a.claimDue(10)
+      yield* env.advance(CONTRACT_LEASE_MS / 2)
+      const renewed = yield* a.renewLeases(claimed.map(lease))
+      expect(ids(renewed).sort()).toEqual([r1, r2].sort())
+      expect(renewed.every((l) => l.lease !== claimed[0]!.lease)).toBe(true)
+      // Past the first lease but within the renewed one: nobody can take the rows over.
+      yield* env.advance(CONTRACT_LEASE_MS / 2 + 300)
+      expect(yield* b.claimDue(10)).toEqual([])
+      // The old lease no longer fences anything; the new one does.
+      expect(yield* a.release(claimed.map(lease))).toBe(0)
+      expect([...(yield* a.markSent(renewed.map((l) => ({ ...l, topic: "t", partition: 0, offset: "0" })))).marked].sort()).toEqual(
+        [r1, r2].sort(),
+      )
+      // A renewal of rows no longer held renews nothing.
+      expect(yield* a.renewLeases(renewed)).toEqual([])
+    }))
+
+  test("a dead letter that waits for its topic keeps the row FAILED with its reason, and costs no attempt", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const { inserted } = yield* a.append([event("w1", "K")])
+      const [w1] = inserted as [string]
+      const first = yield* a.claimDue(10)
+      yield* a.markFailed([{ ...lease(first[0]!), error: "no DLQ", retryInMs: 0, countsAttempt: true, deadReason: "attempts_exhausted" }])
+      expect(yield* env.row(w1)).toMatchObject({ status: "FAILED", attempts: 1, deadReason: "attempts_exhausted" })
+      const again = yield* a.claimDue(10)
+      expect(again[0]!.waitingDeadLetter).toEqual({ reason: "attempts_exhausted", error: "no DLQ" })
+      yield* a.markFailed([{ ...lease(again[0]!), error: "no DLQ", retryInMs: 0, countsAttempt: false, deadReason: "attempts_exhausted" }])
+      expect(yield* env.row(w1)).toMatchObject({ status: "FAILED", attempts: 1, deadReason: "attempts_exhausted" })
+      const last = yield* a.claimDue(10)
+      yield* a.markDead([{ ...lease(last[0]!), reason: "attempts_exhausted", error: "no DLQ", countsAttempt: false }])
+      expect(yield* env.row(w1)).toMatchObject({ status: "DEAD", attempts: 1, deadReason: "attempts_exhausted" })
+    }))
+
+  test("settles a row DEAD unmarkable only under its lease", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const { inserted } = yield* a.append([event("u1", "K"), event("u2", "K")])
+      const [u1, u2] = inserted as [string, string]
+      const claimed = yield* a.claimDue(10)
+      const result = yield* a.settleUnmarkable([
+        { ...lease(claimed[0]!), error: "mark refused" },
+        { id: u2, lease: "2000-01-01 00:00:00+00", error: "not under this lease" },
+      ])
+      expect(result).toEqual({ marked: [u1], lost: [u2] })
+      expect(yield* env.row(u1)).toMatchObject({ status: "DEAD", deadReason: "unmarkable", lockedBy: null })
+      expect(yield* env.row(u2)).toMatchObject({ status: "NEW", lockedBy: "instance-a" })
+    }))
+
   test("claims a row too large to carry without its content, and says how large it is", (env) =>
     Effect.gen(function* () {
       const a = yield* env.instance("instance-a")

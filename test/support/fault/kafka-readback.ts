@@ -98,3 +98,22 @@ export const readAll = async (brokers: string, topics: ReadonlyArray<string>, ti
   }
   return messages
 }
+
+// kafkajs' ConfigResourceTypes.TOPIC (not a named export under ESM).
+const CONFIG_RESOURCE_TOPIC = 2
+
+/** Lowers a topic's max.message.bytes, so the broker refuses what a default topic would take. */
+export const limitTopic = async (brokers: string, topic: string, maxMessageBytes: number) => {
+  const admin = new Kafka({ clientId: "outbox-fault-admin", brokers: brokers.split(","), logLevel: KafkaLogLevel.NOTHING }).admin()
+  await admin.connect()
+  try {
+    await admin.alterConfigs({
+      validateOnly: false,
+      resources: [
+        { type: CONFIG_RESOURCE_TOPIC, name: topic, configEntries: [{ name: "max.message.bytes", value: String(maxMessageBytes) }] },
+      ],
+    })
+  } finally {
+    await admin.disconnect()
+  }
+}

@@ -37,6 +37,13 @@ export interface Ledger {
   readonly orderedKeys: number
 }
 
+/**
+ * DEAD rows that need not have a letter carrying their reason: the DLQ refused even the trimmed
+ * letter, PostgreSQL refused the row's mark (its letter, if any, carries the original reason),
+ * or the row was settled by migration 7 before the relay saw it.
+ */
+const LETTERLESS_REASONS = new Set(["dlq_rejected", "unmarkable", "out_of_limits"])
+
 const describeRow = (r: OutboxRow) =>
   `${r.id} ${r.dedup_key} ${r.event_type} key=${r.aggregate_key} ${r.status} attempts=${r.attempts} locked_by=${r.locked_by} last_error=${r.last_error}`
 
@@ -71,7 +78,7 @@ export const account = (input: {
       const found = copies.get(r.dedup_key) ?? []
       if (found.length === 0) sentButMissing.push(describeRow(r))
       else if (found.some((m) => m.topic !== topicMap[r.event_type])) wrongTopic.push(`${describeRow(r)} on ${found.map((m) => m.topic)}`)
-    } else if (r.status === "DEAD") {
+    } else if (r.status === "DEAD" && !LETTERLESS_REASONS.has(r.dead_reason ?? "")) {
       const found = letters.get(r.dedup_key) ?? []
       if (!found.some((m) => m.headers["dlq.reason"] === r.dead_reason)) deadButNoDeadLetter.push(describeRow(r))
     }

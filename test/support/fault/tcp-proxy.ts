@@ -14,6 +14,8 @@ export class StallingProxy {
   private readonly held: Array<Socket> = []
   private stalledSince: number | undefined
   connections = 0
+  /** Each chunk from the broker reaches the client this much later (a slow but live broker); 0: at once. */
+  responseDelayMs = 0
 
   private constructor(server: Server, port: number) {
     this.server = server
@@ -76,8 +78,11 @@ export class StallingProxy {
     this.sockets.add(client)
     this.sockets.add(upstream)
     const forward = (from: Socket, to: Socket) => {
+      // Timers of one delay fire in the order they were set, so the stream stays in order.
+      const delayed = from === upstream
       from.on("data", (chunk) => {
-        to.write(chunk)
+        if (delayed && this.responseDelayMs > 0) setTimeout(() => to.writable && to.write(chunk), this.responseDelayMs)
+        else to.write(chunk)
       })
       from.on("end", () => to.end())
       from.on("close", () => {
