@@ -3,7 +3,6 @@ import { Effect, Fiber } from "effect"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import type { ClaimedEvent } from "../../src/domain/outbox-event.ts"
-import type { Lease } from "../../src/outbox/outbox-store.ts"
 import { makePipelineCoordinator, type PipelineCoordinator } from "../../src/relay/pipeline-coordinator.ts"
 
 const event = (id: string, lease: string, aggregateKey: string | null = null): ClaimedEvent => ({
@@ -25,7 +24,6 @@ const event = (id: string, lease: string, aggregateKey: string | null = null): C
 })
 
 const run = <A>(f: (c: PipelineCoordinator) => Effect.Effect<A>) => Effect.runPromise(Effect.flatMap(makePipelineCoordinator, f))
-const sorted = (leases: ReadonlyArray<Lease>) => [...leases].sort((a, b) => a.id.localeCompare(b.id))
 
 describe("pipeline coordinator", () => {
   it("admits claims with increasing sequence numbers", async () => {
@@ -50,114 +48,122 @@ describe("pipeline coordinator", () => {
   it("after a hold-back, admits no claim until every batch in flight has finished, then forgets the hold-back", async () => {
     const outcome = await run((c) =>
       Effect.gen(function* () {
-        yield* c.admitClaim
+        const first = yield* c.admitClaim
         const second = yield* c.admitClaim
         yield* c.leftUnsent(["K"])
         const waiting = yield* Effect.forkChild(c.admitClaim)
         yield* Effect.yieldNow
-        const whileOneInFlight: Array<boolean> = []
-        yield* c.finished([])
+        yield* c.finished(first)
         yield* Effect.yieldNow
-        whileOneInFlight.push(waiting.pollUnsafe() === undefined)
-        yield* c.finished([])
+        const stillWaitingWithOneInFlight = waiting.pollUnsafe() === undefined
+        yield* c.finished(second)
         const third = yield* Fiber.join(waiting)
         const heldAfter = (yield* c.holdBackIn(third))("K")
-        return { second, third, stillWaitingWithOneInFlight: whileOneInFlight[0], heldAfter }
+        return { third, stillWaitingWithOneInFlight, heldAfter }
       }),
     )
-    expect(outcome).toEqual({ second: 2, third: 3, stillWaitingWithOneInFlight: true, heldAfter: false })
+    expect(outcome).toEqual({ third: 3, stillWaitingWithOneInFlight: true, heldAfter: false })
   })
 
-  it("does not let a publish or finish under an old lease strike the row's newer claim", async () => {
-    const unpublished = await run((c) =>
+  it("does not let the earlier batch's publish take a row that a later batch claimed again under a newer lease", async () => {
+    const outcome = await run((c) =>
       Effect.gen(function* () {
-        yield* c.claimed([event("1", "lease-a")])
-        // The lease expired in flight and a later batch claimed the row again.
-        yield* c.claimed([event("1", "lease-b")])
-        yield* c.published([{ id: "1", lease: "lease-a" }])
-        yield* c.finished([{ id: "1", lease: "lease-a" }])
-        return yield* c.unpublished
+        yield* c.claimed(1, [event("1", "lease-a"), event("2", "lease-a")], 1_000)
+        // Row 1's lease expired in flight and batch 2 claimed it again.
+        yield* c.claimed(2, [event("1", "lease-b")], 2_000)
+        const taken = yield* c.published(1)
+        return { taken: [...taken], left: [...(yield* c.unpublished)].map(([id, held]) => [id, held.lease, held.sequence]) }
       }),
     )
-    expect(unpublished).toEqual([{ id: "1", lease: "lease-b" }])
+    expect(outcome).toEqual({ taken: [["2", "lease-a"]], left: [["1", "lease-b", 2]] })
   })
 
-  it("gives back under the renewed lease, and a renewal never brings back a published row", async () => {
-    const unpublished = await run((c) =>
+  it("hands a batch's marks the renewed leases, and ignores a renewal from a lease the row no longer has", async () => {
+    const taken = await run((c) =>
       Effect.gen(function* () {
-        yield* c.claimed([event("1", "a1"), event("2", "a2")])
-        yield* c.published([{ id: "2", lease: "a2" }])
-        yield* c.renewed([
-          { id: "1", lease: "b1" },
-          { id: "2", lease: "b2" },
-        ])
-        return yield* c.unpublished
+        yield* c.claimed(1, [event("1", "a1"), event("2", "a2")], 1_000)
+        yield* c.renewed(
+          [
+            { id: "1", from: "a1", to: "b1" },
+            { id: "2", from: "stale", to: "b2" },
+          ],
+          4_000,
+        )
+        const expiry = (yield* c.heldBy(1)).get("1")?.expiresAt
+        return { leases: [...(yield* c.published(1))], expiry, left: (yield* c.unpublished).size }
       }),
     )
-    expect(unpublished).toEqual([{ id: "1", lease: "b1" }])
+    expect(taken).toEqual({
+      leases: [
+        ["1", "b1"],
+        ["2", "a2"],
+      ],
+      expiry: 4_000,
+      left: 0,
+    })
   })
 
   type Op =
     | { readonly _tag: "claim"; readonly ids: ReadonlyArray<number> }
-    | { readonly _tag: "publish"; readonly ids: ReadonlyArray<number> }
-    | { readonly _tag: "renew"; readonly ids: ReadonlyArray<number> }
-    | { readonly _tag: "finish"; readonly ids: ReadonlyArray<number> }
-    | { readonly _tag: "unsent"; readonly keys: ReadonlyArray<string> }
+    | { readonly _tag: "publish"; readonly batch: number }
+    | { readonly _tag: "finish"; readonly batch: number }
+    | { readonly _tag: "renew"; readonly ids: ReadonlyArray<number>; readonly stale: boolean }
 
   const ids = fc.uniqueArray(fc.integer({ min: 1, max: 8 }), { maxLength: 4 })
   const opArb: fc.Arbitrary<Op> = fc.oneof(
     ids.map((i) => ({ _tag: "claim", ids: i }) as const),
-    ids.map((i) => ({ _tag: "publish", ids: i }) as const),
-    ids.map((i) => ({ _tag: "renew", ids: i }) as const),
-    ids.map((i) => ({ _tag: "finish", ids: i }) as const),
-    fc.subarray(["A", "B"]).map((keys) => ({ _tag: "unsent", keys }) as const),
+    fc.integer({ min: 1, max: 6 }).map((batch) => ({ _tag: "publish", batch }) as const),
+    fc.integer({ min: 1, max: 6 }).map((batch) => ({ _tag: "finish", batch }) as const),
+    fc.tuple(ids, fc.boolean()).map(([i, stale]) => ({ _tag: "renew", ids: i, stale }) as const),
   )
 
   it("gives back exactly the rows claimed and not yet published or finished, under their latest lease, whatever the order of calls", async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(opArb, { maxLength: 40 }), async (ops) => {
-        // The model: the lease each row was last claimed under, and the rows a stop must give back.
-        const current = new Map<number, string>()
-        const expected = new Map<number, string>()
+        // The model: per row, the lease and batch it is held under while a stop would give it back.
+        const expected = new Map<string, { lease: string; sequence: number }>()
         let version = 0
+        let batch = 0
         const actual = await run((c) =>
           Effect.gen(function* () {
             for (const op of ops) {
               switch (op._tag) {
                 case "claim": {
+                  batch++
                   const events = op.ids.map((id) => event(String(id), `v${++version}`))
-                  for (const e of events) {
-                    current.set(Number(e.id), e.lease)
-                    expected.set(Number(e.id), e.lease)
-                  }
-                  yield* c.claimed(events)
+                  for (const e of events) expected.set(e.id, { lease: e.lease, sequence: batch })
+                  yield* c.claimed(batch, events, 0)
                   break
                 }
                 case "publish":
                 case "finish": {
-                  const leases = op.ids.filter((id) => current.has(id)).map((id) => ({ id: String(id), lease: current.get(id)! }))
-                  for (const l of leases) expected.delete(Number(l.id))
-                  yield* op._tag === "publish" ? c.published(leases) : c.finished(leases)
+                  const taken = new Map(
+                    [...expected].filter(([, held]) => held.sequence === op.batch).map(([id, held]) => [id, held.lease]),
+                  )
+                  for (const id of taken.keys()) expected.delete(id)
+                  if (op._tag === "publish") expect(yield* c.published(op.batch)).toEqual(taken)
+                  else yield* c.finished(op.batch)
                   break
                 }
                 case "renew": {
-                  const leases = op.ids.filter((id) => current.has(id)).map((id) => ({ id: String(id), lease: `v${++version}` }))
-                  for (const l of leases) {
-                    current.set(Number(l.id), l.lease)
-                    if (expected.has(Number(l.id))) expected.set(Number(l.id), l.lease)
+                  const renewals = op.ids.map((id) => ({
+                    id: String(id),
+                    from: op.stale ? "stale" : (expected.get(String(id))?.lease ?? "none"),
+                    to: `v${++version}`,
+                  }))
+                  for (const r of renewals) {
+                    const held = expected.get(r.id)
+                    if (held?.lease === r.from) expected.set(r.id, { ...held, lease: r.to })
                   }
-                  yield* c.renewed(leases)
+                  yield* c.renewed(renewals, 0)
                   break
                 }
-                case "unsent":
-                  yield* c.leftUnsent(op.keys)
-                  break
               }
             }
             return yield* c.unpublished
           }),
         )
-        expect(sorted(actual)).toEqual(sorted([...expected].map(([id, lease]) => ({ id: String(id), lease }))))
+        expect(new Map([...actual].map(([id, held]) => [id, { lease: held.lease, sequence: held.sequence }]))).toEqual(expected)
       }),
     )
   })
@@ -181,7 +187,7 @@ describe("pipeline coordinator", () => {
                   inFlight++
                 } else if (step === "finish") {
                   if (inFlight === 0) continue
-                  yield* c.finished([])
+                  yield* c.finished(admitted[admitted.length - inFlight]!)
                   inFlight--
                   if (inFlight === 0) {
                     awaiting = false
