@@ -146,6 +146,9 @@ const gracefulStopLeavesNoLease = (result: SimulationResult): Array<Violation> =
 
 const NO_SENDS: SendCounts = { main: 0, mainFailed: 0, deadLetter: 0, deadLetterFailed: 0 }
 
+/** A DLQ limit at or above this takes every trimmed letter the scenario makes (they are a few hundred bytes). */
+const TRIMMED_LETTER_FITS = 700
+
 /** The dead reasons each class of event may end with (besides attempts_exhausted, which any may). */
 const DEAD_AS: Readonly<Record<EventKind, ReadonlyArray<DeadReason>>> = {
   normal: [],
@@ -189,6 +192,8 @@ const eventsEndAsTheirClass = (result: SimulationResult): Array<Violation> => {
       if (sends.mainFailed < maxAttempts) fail(row, kind, `only ${sends.mainFailed} of its sends failed (MAX_ATTEMPTS ${maxAttempts})`)
     } else if (row.deadReason === null || !DEAD_AS[kind].includes(row.deadReason)) {
       fail(row, kind, `a ${kind} event may not die of that`)
+    } else if (row.deadReason === "dlq_rejected" && result.scenario.dlqMaxRecordBytes >= TRIMMED_LETTER_FITS) {
+      fail(row, kind, `the DLQ takes ${result.scenario.dlqMaxRecordBytes} bytes, room for its trimmed letter`)
     } else if (row.attempts > (failedMarks.get(row.id) ?? 0) + 1) {
       fail(row, kind, `it died on the attempt that found it unsendable, after ${failedMarks.get(row.id) ?? 0} failed ones`)
     }
