@@ -5,6 +5,7 @@
 import { Result } from "effect"
 import { parseConfig, type RelayConfigShape } from "../../../src/config/config.ts"
 import type { NewEvent } from "../../../src/domain/outbox-event.ts"
+import type { RawEvent } from "../fake-outbox-store.ts"
 import type { Rng } from "./random.ts"
 
 export const TOPICS = { search_click: "clicks", ac_select: "selects", ghost_event: "ghost" } as const
@@ -13,7 +14,16 @@ export const DLQ_TOPIC = "outbox.dlq"
 export const POISON = "\u0000poison"
 
 /** How an event is meant to be hard to relay (or not). */
-export type EventKind = "normal" | "unknown_type" | "oversize" | "poison" | "poison_big_headers" | "missing_topic"
+export type EventKind =
+  | "normal"
+  | "unknown_type"
+  | "oversize"
+  | "poison"
+  | "poison_big_headers"
+  | "missing_topic"
+  /** Rows plain SQL inserted before the table's row limits existed (hostile: PostgreSQL refuses their marks). */
+  | "huge_event_type"
+  | "attempts_at_limit"
 
 export interface ScheduledWrite {
   readonly at: number
@@ -53,6 +63,13 @@ export interface Scenario {
   /** The dead-letter topic refuses records over this size (small: even trimmed letters are refused). */
   readonly dlqMaxRecordBytes: number
   readonly broker: BrokerSpeed
+  /** Rows inserted by plain SQL before the schema's row limits existed, there when the run starts. */
+  readonly legacy: ReadonlyArray<RawEvent & { readonly kind: EventKind }>
+  /**
+   * Whether the row-limit constraints exist (then the migration has settled the legacy rows
+   * that break them DEAD out_of_limits); without them, PostgreSQL's own limits refuse their marks.
+   */
+  readonly constraints: boolean
 }
 
 const baseConfig = Result.getOrThrow(
@@ -176,8 +193,24 @@ export const drawScenario = (seed: number, rng: Rng): Scenario => {
   // Healed when the last fault window closes and the last write is in: the run needs no more
   // simulated time than that before it waits for every event to settle.
   const ends = [...faults.map((f) => f.at + ("forMs" in f ? f.forMs : 0)), ...writes.map((w) => w.at)]
+  const legacy = Array.from({ length: rng.chance(0.3) ? rng.int(1, 2) : 0 }, (_, i) => {
+    const kind: EventKind = rng.chance(0.5) ? "huge_event_type" : "attempts_at_limit"
+    return {
+      kind,
+      dedupKey: `s${seed}-legacy${i}`,
+      // Incompressible, as in the hostile probe: its DEAD mark overflows the dead-letter index.
+      eventType:
+        kind === "huge_event_type" ? Array.from({ length: 10_000 }, () => String.fromCharCode(rng.int(97, 122))).join("") : "search_click",
+      aggregateKey: rng.pick(hot),
+      payload: { legacy: i },
+      headers: {},
+      ...(kind === "attempts_at_limit" ? { attempts: 2_147_483_647 } : {}),
+    }
+  })
   return {
     seed,
+    legacy,
+    constraints: rng.chance(0.5),
     config,
     instances,
     writes,

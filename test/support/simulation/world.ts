@@ -13,7 +13,15 @@ import { runRelayUntilStopped } from "../../../src/relay/relay.ts"
 import { RelayEvents } from "../../../src/relay/relay-events.ts"
 import { RelayState } from "../../../src/relay/relay-state.ts"
 import { type FakeKafka, fakePublisherLayer, makeFakeKafka } from "../fake-kafka.ts"
-import { type FakeDatabase, type FakeRow, fakeOutboxStoreLayer, makeFakeDatabase, snapshotRows, writeEvents } from "../fake-outbox-store.ts"
+import {
+  type FakeDatabase,
+  type FakeRow,
+  fakeOutboxStoreLayer,
+  makeFakeDatabase,
+  settleOutOfLimits,
+  snapshotRows,
+  writeEvents,
+} from "../fake-outbox-store.ts"
 import { makeRng } from "./random.ts"
 import { drawScenario, type EventKind, type Fault, type Scenario, TOPICS } from "./scenario.ts"
 import { makeStepChecker, type StepChecker } from "./step-checker.ts"
@@ -250,6 +258,11 @@ export const simulate = (seed: number): Effect.Effect<SimulationResult> =>
         }),
       )
 
+      // Rows from before the row limits, then the migration that adds them (and settles what breaks them).
+      for (const e of scenario.legacy) kinds.set(e.dedupKey, e.kind)
+      yield* writeEvents(db, scenario.legacy, false)
+      db.constraints = scenario.constraints
+      if (scenario.constraints) yield* settleOutOfLimits(db)
       for (let i = 0; i < scenario.instances; i++) yield* start
       while (agenda.length > 0) {
         const action = agenda.shift()!
