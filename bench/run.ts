@@ -101,9 +101,15 @@ const scenario = <A>(f: (env: Effect.Success<ReturnType<typeof freshScenario>>) 
 
 // `--postgres-levers`: PostgreSQL's share under schema changes, each lever `--repeat` times, interleaved.
 if (args.has("--postgres-levers")) {
+  // `--lever=<text>`: only the levers whose name contains it (repeatable), e.g. a quick look at one.
+  const only = process.argv
+    .slice(2)
+    .filter((a) => a.startsWith("--lever="))
+    .map((a) => a.slice("--lever=".length))
+  const levers = only.length === 0 ? LEVERS : LEVERS.filter((l) => only.some((o) => l.name.includes(o)))
   const results: Array<LeverResult> = []
   for (let i = 0; i < repeat; i++) {
-    for (const lever of LEVERS) {
+    for (const lever of levers) {
       const r = await Effect.runPromise(scenario((env) => postgresLever(env, sizes.ceiling, lever)))
       log(
         `${r.lever}: ${fmt(r.eventsPerSecond)} ev/s, ${fmt(r.postgresCpuMicrosPerEvent, 1)} µs/event, HOT ${fmt(r.hotUpdateShare * 100)} %, ${fmt(r.meanRowsPerClaim, 1)} rows/claim (${r.shortClaims} of ${r.claims} claims short)`,
@@ -116,7 +122,7 @@ if (args.has("--postgres-levers")) {
   writeFileSync(file, `${JSON.stringify({ date, events: sizes.ceiling, results }, null, 2)}\n`)
   process.stdout.write(`\nPostgreSQL levers: the relay's claim + SENT mark of ${fmt(sizes.ceiling)} rows, median of ${repeat}\n\n`)
   const width = Math.max(...LEVERS.map((l) => l.name.length))
-  for (const lever of LEVERS) {
+  for (const lever of levers) {
     const mine = results.filter((r) => r.lever === lever.name)
     process.stdout.write(
       `${lever.name.padEnd(width)} ${fmt(median(mine.map((r) => r.eventsPerSecond))).padStart(7)} ev/s  ${fmt(median(mine.map((r) => r.postgresCpuMicrosPerEvent)), 1).padStart(6)} µs/event  HOT ${fmt(median(mine.map((r) => r.hotUpdateShare * 100))).padStart(3)} % of updates  ${fmt(median(mine.map((r) => r.meanRowsPerClaim)), 1)} rows/claim\n`,

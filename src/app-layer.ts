@@ -5,6 +5,7 @@ import { HttpApiLive } from "./http/http-server.ts"
 import { Publisher } from "./kafka/publisher.ts"
 import { KafkaStartupCheck } from "./kafka/startup-check.ts"
 import { DeadLetterSignal } from "./ops/dead-letter-signal.ts"
+import { OutboxBacklog } from "./outbox/backlog.ts"
 import { DatabaseLive } from "./outbox/database.ts"
 import { InstanceId } from "./outbox/instance-id.ts"
 import { OutboxStore } from "./outbox/outbox-store.ts"
@@ -34,6 +35,8 @@ export const appLayer = <E>(config: Layer.Layer<RelayConfig, E>) => ServicesLive
  */
 export const runLayer = <E>(config: Layer.Layer<RelayConfig, E>) =>
   Layer.mergeAll(HttpApiLive, BacklogGaugesLive, RetentionLive, KafkaStartupCheck).pipe(
+    // One backlog reader: the gauges refresh it, /readyz reads its last result.
+    Layer.provideMerge(OutboxBacklog.layer),
     Layer.provideMerge(ServicesLive),
     Layer.provideMerge(TelemetryLive.pipe(Layer.provide(LoggerLive))),
     Layer.provideMerge(config),

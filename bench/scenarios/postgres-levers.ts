@@ -46,6 +46,12 @@ export const LEVERS: ReadonlyArray<Lever> = [
   { name: "schema as is", statements: [] },
   // Schema 5 and earlier: a unique index on event_id, which nothing looks rows up by.
   { name: "unique index on event_id (schema 5)", statements: [EVENT_ID_UNIQUE] },
+  // Unique among pending rows only: a SENT mark's new row version is outside the predicate (no
+  // entry), a claim stays HOT; it cannot catch an id reused after its first row was sent.
+  {
+    name: "unique index on event_id, pending rows only",
+    statements: ["CREATE UNIQUE INDEX outbox_event_pending_event_id_idx ON outbox_event (event_id) WHERE status IN ('NEW', 'FAILED')"],
+  },
   // No index reads status (or any column a mark writes): every mark can be a HOT update.
   // The per-key check then walks the key's SENT rows too; that is part of the price.
   { name: "HOT marks: no index reads status", statements: HOT_MARKS },

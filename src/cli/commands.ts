@@ -7,10 +7,11 @@ import { demoCommand } from "./demo-command.ts"
 import { migrateCommand } from "./migrate-command.ts"
 import { runCommand } from "./run-command.ts"
 import type { SignalGuard } from "./signal-guard.ts"
+import { stuckCommand, unstickCommand } from "./stuck-commands.ts"
 
 const outboxRelay = Command.make("outbox-relay").pipe(
   Command.withDescription("Moves events from a PostgreSQL outbox table onto Apache Kafka without losing one."),
-  Command.withSubcommands([runCommand, migrateCommand, dlqCommand, replayCommand, demoCommand]),
+  Command.withSubcommands([runCommand, migrateCommand, dlqCommand, replayCommand, stuckCommand, unstickCommand, demoCommand]),
 )
 
 /** A stop by signal is the normal way to end `run`: exit 0, not 130. A command's failure gives its own code, else 1. */

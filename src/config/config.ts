@@ -111,7 +111,7 @@ export const settings = {
   }),
   maxRecordBytes: Settings.int(
     "MAX_RECORD_BYTES",
-    "Largest event relayed (payload and headers as JSON text); a larger row is dead-lettered as message_too_large without being read. Keep it below the topics' max.message.bytes",
+    "Largest event relayed: its whole record (payload and headers as JSON text, key, and the text columns sent as headers); a larger row is dead-lettered as message_too_large without being read. Keep it below the topics' max.message.bytes",
     // PostgreSQL's client refuses a result row over 16 MiB: a claim must never fetch one.
     { min: 1024, max: 15_000_000, default: 1_000_000 },
   ),
@@ -162,8 +162,13 @@ export const settings = {
   ),
   gaugeRefreshMs: Settings.int(
     "GAUGE_REFRESH_MS",
-    "How often outbox_new_count, outbox_failed_count and outbox_relay_lag_seconds are read from the database",
+    "How often the backlog gauges (outbox_new_count, outbox_failed_count, outbox_relay_lag_seconds, the oldest-pending, stalled-key, dead-letter-waiting and stuck-row gauges) are read from the database",
     { min: 1000, max: 300_000, default: 5000 },
+  ),
+  keyStallMs: Settings.int(
+    "KEY_STALL_MS",
+    "Age of a key's oldest pending row past which the key counts in outbox_stalled_keys and `outbox-relay stuck` flags it",
+    { min: 1000, max: 604_800_000, default: 900_000 },
   ),
   healthStallMs: Settings.int("HEALTH_STALL_MS", "/healthz answers 503 once the relay loop has completed no cycle for this long", {
     min: 1000,

@@ -22,10 +22,12 @@ export interface ClaimedEvent {
   /** The jsonb headers column as JSON text; validated when the record is built. */
   readonly headers: string
   /**
-   * Set when payload and headers together exceed MAX_RECORD_BYTES: the claim did not fetch
-   * them (payload and headers are then empty stand-ins) and the event can only be dead-lettered.
+   * Set when the row is larger than the relay can carry (MAX_RECORD_BYTES, counted over every
+   * column that goes into the record): the event can only be dead-lettered. The claim did not
+   * fetch its payload and headers (empty stand-ins here), nor any text column beyond its bound
+   * (its first 64 characters and its size stand in for it).
    */
-  readonly oversizeBytes: number | null
+  readonly oversize: Oversize | null
   readonly requestId: string | null
   readonly traceparent: string | null
   /** Failed publish attempts so far. */
@@ -40,6 +42,16 @@ export interface ClaimedEvent {
    * so a late mark from an earlier claim of the same row, even by this instance, changes nothing.
    */
   readonly lease: string
+}
+
+/** The columns of a row that go into its Kafka record, by their names in the table. */
+export type RecordColumn = "payload" | "headers" | "event_type" | "aggregate_key" | "dedup_key" | "request_id" | "traceparent"
+
+export interface Oversize {
+  /** The row's record columns together, in bytes (UTF-8 text; the key counted once more as a header). */
+  readonly bytes: number
+  /** The largest of them: what the operator must look at. */
+  readonly column: RecordColumn
 }
 
 export type EventStatus = "NEW" | "SENT" | "FAILED" | "DEAD"

@@ -16,7 +16,10 @@ export const ROW_LIMITS = {
   requestIdBytes: 256,
   /** A W3C traceparent is 55 characters in version 00; later versions may append fields. */
   traceparentBytes: 256,
-  /** Retry counts the relay writes stay far below this; `attempts + 1` can never overflow. */
+  /**
+   * Attempts of a pending row. Retry counts the relay writes stay far below it (MAX_ATTEMPTS is
+   * at most 1,000); a settled row (SENT, DEAD) may hold one more, for the mark that settled it.
+   */
   maxAttempts: 1_000_000,
   /** What the relay stores of an error message (last_error). */
   lastErrorChars: 2_000,

@@ -7,6 +7,7 @@ import { Result, Schema } from "effect"
 import { DeadReason } from "../domain/errors.ts"
 import type { EventSelection } from "../outbox/dead-letter-store.ts"
 import { rowIdProblem } from "../outbox/row-id.ts"
+import type { FreeSelection } from "../outbox/stuck-rows.ts"
 
 const MAX_LIST = 1000
 const MAX_SELECTORS = 10_000
@@ -39,6 +40,15 @@ const ReplayBody = Schema.Struct({
   since: Schema.optionalKey(IsoTime),
   until: Schema.optionalKey(IsoTime),
   status: Schema.optionalKey(Schema.Literals(["DEAD", "FAILED"])),
+  all: Schema.optionalKey(Schema.Boolean),
+  dry_run: Schema.optionalKey(Schema.Boolean),
+  actor: Schema.optionalKey(Text),
+})
+
+const StuckQuery = Schema.Struct({ limit: Schema.optionalKey(LimitParam) })
+
+const FreeBody = Schema.Struct({
+  ids: Schema.optionalKey(Schema.Array(RowId)),
   all: Schema.optionalKey(Schema.Boolean),
   dry_run: Schema.optionalKey(Schema.Boolean),
   actor: Schema.optionalKey(Text),
@@ -93,4 +103,28 @@ export const decodeReplayRequest = (body: unknown): Result.Result<ReplayRequest,
     dryRun: b.dry_run ?? false,
     actor: b.actor ?? "admin-api",
   })
+}
+
+/** GET /admin/stuck query: how many rows of each listing. */
+export const decodeStuckQuery = (params: unknown): Result.Result<number, string> =>
+  Result.map(Result.mapError(Schema.decodeUnknownResult(StuckQuery, strict)(params), oneLine), (q) =>
+    q.limit === undefined ? 100 : Number(q.limit),
+  )
+
+export interface FreeRequest {
+  readonly selection: FreeSelection
+  readonly dryRun: boolean
+  readonly actor: string
+}
+
+/** POST /admin/stuck/free body: ids, or `all: true` for every row beyond the settings. */
+export const decodeFreeRequest = (body: unknown): Result.Result<FreeRequest, string> => {
+  const decoded = Schema.decodeUnknownResult(FreeBody, strict)(body)
+  if (Result.isFailure(decoded)) return Result.fail(oneLine(decoded.failure))
+  const b = decoded.success
+  const ids = b.ids?.map(String) ?? []
+  if (ids.length > MAX_SELECTORS) return Result.fail(`at most ${MAX_SELECTORS} ids per request`)
+  if (ids.length === 0 && b.all !== true)
+    return Result.fail('name the rows to free (ids), or pass "all": true for every row beyond the settings')
+  return Result.succeed({ selection: { ids, all: b.all ?? false }, dryRun: b.dry_run ?? false, actor: b.actor ?? "admin-api" })
 }

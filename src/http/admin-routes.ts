@@ -1,17 +1,20 @@
 /**
  * The admin API, behind `Authorization: Bearer <ADMIN_TOKEN>`: status, pause/resume,
  * dead-letter listing and replay (the same DeadLetterStore as the CLI, audited with
- * origin "admin-api"). Without ADMIN_TOKEN none of these routes exist (404).
+ * origin "admin-api"), and the rows that wait unseen: listed, and freed (audited the same way). Without ADMIN_TOKEN none of these routes exist (404).
  */
 import { Effect, Layer, type Redacted, Ref, Result } from "effect"
 import { HttpRouter, HttpServerRequest } from "effect/http"
 import { RelayConfig } from "../config/config.ts"
 import type { DatabaseError } from "../domain/errors.ts"
+import { degradedReport } from "../ops/backlog-problems.ts"
+import { OutboxBacklog } from "../outbox/backlog.ts"
 import { DeadLetterStore } from "../outbox/dead-letter-store.ts"
 import { InstanceId } from "../outbox/instance-id.ts"
 import { OutboxStore } from "../outbox/outbox-store.ts"
+import { StuckRows } from "../outbox/stuck-rows.ts"
 import { RelayState } from "../relay/relay-state.ts"
-import { decodeDeadLetterQuery, decodeReplayRequest } from "./admin-requests.ts"
+import { decodeDeadLetterQuery, decodeFreeRequest, decodeReplayRequest, decodeStuckQuery } from "./admin-requests.ts"
 import { bearerTokenCheck } from "./bearer-auth.ts"
 import { isBodyTooLarge, payloadTooLarge } from "./body-limit.ts"
 import { dependencyChecks } from "./health-routes.ts"
@@ -27,6 +30,9 @@ const adminRoutes = (token: Redacted.Redacted<string>) =>
     const state = yield* RelayState
     const store = yield* OutboxStore
     const deadLetters = yield* DeadLetterStore
+    const stuck = yield* StuckRows
+    const backlog = yield* OutboxBacklog
+    const config = yield* RelayConfig
     const instanceId = yield* InstanceId
     const checks = yield* dependencyChecks
     const authorized = bearerTokenCheck(token)
@@ -84,6 +90,8 @@ const adminRoutes = (token: Redacted.Redacted<string>) =>
             last_error: (yield* Ref.get(state.lastError)) ?? null,
             counts: Result.isSuccess(counts) ? counts.success : null,
             checks: live,
+            // From the backlog gauges' last read, as /readyz gives it.
+            degraded: degradedReport(yield* backlog.latest, config),
           }
         }),
       ),
@@ -129,6 +137,43 @@ const adminRoutes = (token: Redacted.Redacted<string>) =>
           }
         }),
       ),
+      admin(
+        "GET",
+        "/admin/stuck",
+        Effect.gen(function* () {
+          const params = yield* HttpServerRequest.ParsedSearchParams
+          const limit = decodeStuckQuery(params)
+          if (Result.isFailure(limit)) return yield* badRequest(limit.failure)
+          return yield* stuck.list(limit.success).pipe(Effect.mapError(databaseUnavailable))
+        }),
+      ),
+      admin(
+        "POST",
+        "/admin/stuck/free",
+        Effect.gen(function* () {
+          const request = yield* HttpServerRequest.HttpServerRequest
+          const body = yield* request.json.pipe(
+            Effect.mapError((e) => (isBodyTooLarge(e) ? payloadTooLarge() : badRequest("the body must be a JSON object"))),
+          )
+          const free = decodeFreeRequest(body)
+          if (Result.isFailure(free)) return yield* badRequest(free.failure)
+          const { selection, dryRun, actor } = free.success
+          const result = yield* stuck.free(selection, { actor, origin: "admin-api", dryRun }).pipe(Effect.mapError(databaseUnavailable))
+          if (!dryRun) {
+            yield* Effect.logInfo("stuck rows freed through the admin API").pipe(
+              Effect.annotateLogs({ actor, count: result.freed.length, audit_id: result.auditId ?? undefined }),
+            )
+          }
+          return {
+            dry_run: result.dryRun,
+            count: result.freed.length,
+            audit_id: result.auditId,
+            freed: result.freed.slice(0, MAX_LISTED),
+            truncated: result.freed.length > MAX_LISTED,
+            not_freed: result.notFreed,
+          }
+        }),
+      ),
     ]
   })
 
@@ -136,6 +181,6 @@ export const AdminRoutes = Layer.unwrap(
   RelayConfig.useSync((config) =>
     config.adminToken === undefined
       ? Layer.empty
-      : HttpRouter.addAll(adminRoutes(config.adminToken)).pipe(Layer.provide(DeadLetterStore.layer)),
+      : HttpRouter.addAll(adminRoutes(config.adminToken)).pipe(Layer.provide(Layer.mergeAll(DeadLetterStore.layer, StuckRows.layer))),
   ),
 )

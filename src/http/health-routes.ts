@@ -1,6 +1,8 @@
 /**
  * GET /healthz: is the relay loop alive and turning (a cycle completed recently)?
- * GET /readyz: are PostgreSQL and Kafka reachable now (live checks, short timeouts)?
+ * GET /readyz: are PostgreSQL and Kafka reachable now (live checks, short timeouts)? And is
+ * anything waiting on an operator (dead letters whose topic is missing, rows stuck beyond the
+ * settings: "degraded", from the backlog gauges' last read)?
  * Both answer JSON, 200 or 503.
  */
 import { Clock, Duration, Effect, Ref } from "effect"
@@ -9,6 +11,8 @@ import { SqlClient } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import { Publisher } from "../kafka/publisher.ts"
 import { describeKafkaProblem } from "../kafka/startup-check.ts"
+import { degradedReport } from "../ops/backlog-problems.ts"
+import { OutboxBacklog } from "../outbox/backlog.ts"
 import { sqlErrorMessage } from "../outbox/sql-error.ts"
 import { RelayState } from "../relay/relay-state.ts"
 import { json } from "./responses.ts"
@@ -54,6 +58,7 @@ export const HealthRoutes = HttpRouter.use((router) =>
     const state = yield* RelayState
     const config = yield* RelayConfig
     const checks = yield* dependencyChecks
+    const backlog = yield* OutboxBacklog
     // Until the first cycle, the loop's age counts from here: a starting relay is not a stalled one.
     const startedAt = yield* Clock.currentTimeMillis
 
@@ -88,7 +93,12 @@ export const HealthRoutes = HttpRouter.use((router) =>
         const results = yield* checks
         const stopping = yield* Ref.get(state.stopping)
         const ready = results.database.ok && results.kafka.ok && !stopping
-        return json({ status: ready ? "ready" : "not_ready", stopping, checks: results }, ready ? 200 : 503)
+        // Degraded is still 200: the relay goes on with every key the problem does not touch,
+        // and a 503 would take it out of service discovery (and its metrics out of scrapes)
+        // exactly when the operator needs them, without fixing anything. The reasons say what to do.
+        const degraded = degradedReport(yield* backlog.latest, config)
+        const status = !ready ? "not_ready" : degraded.length > 0 ? "degraded" : "ready"
+        return json({ status, stopping, checks: results, degraded }, ready ? 200 : 503)
       }),
     )
   }),

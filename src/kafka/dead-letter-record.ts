@@ -16,13 +16,15 @@ export interface DeadLetter {
 /**
  * `full`: the original value and headers. `trimmed`: only the relay's own headers and the
  * dlq.* ones, no value: what is left when the dead-letter topic refuses the full letter
- * (the row keeps everything for replay). An event too large to be read is always trimmed.
+ * (the row keeps everything for replay). An event too large to be read is always trimmed,
+ * and says its size (`dlq.size_bytes`) and its largest column (`dlq.oversize_column`); its
+ * headers carry the stand-ins the claim fetched for columns beyond their bounds.
  */
 export type DeadLetterShape = "full" | "trimmed"
 
 export const deadLetterRecord = (letter: DeadLetter, dlqTopic: string, failedAtMs: number, shape: DeadLetterShape): OutboundRecord => {
   const { event, original } = letter
-  const trimmed = shape === "trimmed" || event.oversizeBytes !== null
+  const trimmed = shape === "trimmed" || event.oversize !== null
   const relayHeaders: Record<string, string> = {
     event_id: event.eventId,
     dedup_key: event.dedupKey,
@@ -41,7 +43,10 @@ export const deadLetterRecord = (letter: DeadLetter, dlqTopic: string, failedAtM
     headers["dlq.value_omitted"] = "true"
     headers["dlq.headers_omitted"] = "true"
   }
-  if (event.oversizeBytes !== null) headers["dlq.size_bytes"] = String(event.oversizeBytes)
+  if (event.oversize !== null) {
+    headers["dlq.size_bytes"] = String(event.oversize.bytes)
+    headers["dlq.oversize_column"] = event.oversize.column
+  }
   return {
     topic: dlqTopic,
     key: original?.key ?? event.aggregateKey ?? event.dedupKey,

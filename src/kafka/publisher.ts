@@ -11,6 +11,7 @@ import { Cache, Context, Duration, Effect, Exit, Layer, Metric, Ref, ScopedRef, 
 import { RelayConfig } from "../config/config.ts"
 import { type KafkaPublishError, KafkaUnavailable, KafkaUnknownTopic } from "../domain/errors.ts"
 import type { Delivery } from "../domain/outbox-event.ts"
+import { resends } from "../telemetry/metrics.ts"
 import { classifyKafkaError } from "./error-classification.ts"
 import { KafkaClient } from "./kafka-client.ts"
 import { type Admin, type PartitionerArgs, Partitioners } from "./kafkajs.ts"
@@ -194,6 +195,13 @@ export class Publisher extends Context.Service<
               timeout: config.publishTimeoutMs,
               topicMessages: [...byTopic].map(([topic, list]) => ({ topic, messages: list })),
             }),
+          ).pipe(
+            Effect.tapError((e) =>
+              Metric.update(
+                Metric.withAttributes(resends, { reason: e._tag === "KafkaUnknownTopic" ? "unknown_topic" : e.reason }),
+                records.length,
+              ),
+            ),
           )
           // Within a partition, kafkajs keeps the given order: each record's offset is its
           // partition's base offset plus the records before it there. Numbers, not BigInts:

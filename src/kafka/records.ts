@@ -2,7 +2,8 @@
 import { Result } from "effect"
 import { InvalidEvent } from "../domain/errors.ts"
 import { type TopicMap, topicFor } from "../domain/event-types.ts"
-import type { ClaimedEvent } from "../domain/outbox-event.ts"
+import type { ClaimedEvent, RecordColumn } from "../domain/outbox-event.ts"
+import { isReservedHeader } from "../domain/reserved-headers.ts"
 
 export interface OutboundRecord {
   readonly topic: string
@@ -37,7 +38,10 @@ export const isValidTraceparent = (s: string): boolean =>
   isHex(s, 36, 52, true) &&
   isHex(s, 53, 55, false)
 
-/** The row's own headers: a JSON object whose values are strings, numbers or booleans. */
+/**
+ * The row's own headers: a JSON object whose values are strings, numbers or booleans. Names
+ * the relay reserves, in any case, are left out (the relay writes its own).
+ */
 const readOwnHeaders = (json: string): Result.Result<Record<string, string>, string> => {
   // Most rows carry no headers of their own: no JSON.parse for them.
   if (json === "{}") return Result.succeed({})
@@ -51,6 +55,7 @@ const readOwnHeaders = (json: string): Result.Result<Record<string, string>, str
   if (typeof parsed !== "object" || Array.isArray(parsed)) return Result.fail("headers column must be a JSON object")
   const out: Record<string, string> = {}
   for (const [k, v] of Object.entries(parsed)) {
+    if (isReservedHeader(k)) continue
     if (typeof v === "string") out[k] = v
     else if (typeof v === "number" || typeof v === "boolean") out[k] = String(v)
     else return Result.fail(`header "${k}" must be a string, number or boolean`)
@@ -59,8 +64,8 @@ const readOwnHeaders = (json: string): Result.Result<Record<string, string>, str
 }
 
 /**
- * The record for one event. The relay's headers are written after the row's own, so a
- * row cannot spoof event_id or dedup_key. An invalid traceparent is dropped (reported by
+ * The record for one event. A row's own header with a reserved name (`DEDUP_KEY`, `dlq.reason`,
+ * …) is dropped, so a row cannot spoof event_id or dedup_key, nor sit beside them. An invalid traceparent is dropped (reported by
  * the caller), never a reason to lose the event.
  */
 export const buildRecord = (
@@ -68,7 +73,7 @@ export const buildRecord = (
   topics: TopicMap,
   maxRecordBytes: number = Number.POSITIVE_INFINITY,
 ): Result.Result<OutboundRecord, InvalidEvent> => {
-  if (event.oversizeBytes !== null) return Result.fail(tooLarge(event.oversizeBytes, maxRecordBytes))
+  if (event.oversize !== null) return Result.fail(tooLarge(event.oversize.bytes, maxRecordBytes, event.oversize.column))
   const topic = topicFor(topics, event.eventType)
   if (topic === undefined) {
     return Result.fail(
@@ -109,5 +114,8 @@ export const recordBytes = (record: OutboundRecord): number => {
   return n
 }
 
-const tooLarge = (bytes: number, limit: number) =>
-  new InvalidEvent({ reason: "message_too_large", message: `event is ${bytes} bytes, over MAX_RECORD_BYTES (${limit})` })
+const tooLarge = (bytes: number, limit: number, column?: RecordColumn) =>
+  new InvalidEvent({
+    reason: "message_too_large",
+    message: `event is ${bytes} bytes, over MAX_RECORD_BYTES (${limit})${column === undefined ? "" : `; its largest column is ${column}`}`,
+  })

@@ -3,9 +3,12 @@
  * that cannot be reached or authenticated is reported at once, not only when the first
  * event waits for it: an idle relay would otherwise say nothing. Retried with backoff
  * until it answers; the first failure, a change of reason and the recovery are logged.
+ * Then the dead-letter topic is looked up: missing with KAFKA_AUTO_CREATE_TOPICS=false, it is a WARN.
  */
 import { Duration, Effect, Layer, Ref, Schedule, Schema } from "effect"
 import { RelayConfig, type RelayConfigShape } from "../config/config.ts"
+import { classifyKafkaError } from "./error-classification.ts"
+import { KafkaClient } from "./kafka-client.ts"
 import { Publisher } from "./publisher.ts"
 
 /**
@@ -35,6 +38,12 @@ export const describeKafkaProblem = (message: string, config: Pick<RelayConfigSh
   return hint === undefined ? message : `${message} (${hint})`
 }
 
+/** What to do about a dead-letter topic the broker does not have, given whether the relay asks for topics to be created. */
+export const deadLetterTopicHint = (config: Pick<RelayConfigShape, "dlqTopic" | "kafkaAutoCreateTopics">): string =>
+  config.kafkaAutoCreateTopics
+    ? `the broker creates it on first publish only where auto.create.topics.enable is on (KAFKA_AUTO_CREATE_TOPICS=true): create it, or check the broker's setting and that it is reachable`
+    : `KAFKA_AUTO_CREATE_TOPICS=false, so the relay does not ask the broker to create it: create the topic, or set DLQ_TOPIC to one that exists`
+
 // One attempt may not hang the check: a TLS handshake against a plaintext port can stall.
 const ATTEMPT_TIMEOUT = Duration.seconds(15)
 
@@ -46,6 +55,7 @@ export class KafkaNotReachable extends Schema.TaggedError<KafkaNotReachable>()("
 export const KafkaStartupCheck = Layer.effectDiscard(
   Effect.gen(function* () {
     const publisher = yield* Publisher
+    const kafka = yield* KafkaClient
     const config = yield* RelayConfig
     const brokers = config.kafkaBrokers.join(",")
     // The reason last logged: a retry failing the same way stays quiet.
@@ -84,7 +94,38 @@ export const KafkaStartupCheck = Layer.effectDiscard(
     )
     // 1 s, 2 s, 4 s … capped at 30 s: quick to see a fixed broker, quiet while it stays broken.
     const backoff = Schedule.exponential(Duration.seconds(1)).pipe((exp) => Schedule.min([exp, Schedule.spaced(Duration.seconds(30))]))
+    // Asked once the cluster answers: a dead-letter topic that does not exist is found at start,
+    // not when the first poison event has to wait for it (its rows then hold their keys).
+    // Admin metadata never creates a topic: this asks whether it exists now.
+    const deadLetterTopicExists = Effect.acquireUseRelease(
+      Effect.sync(() => kafka.admin()),
+      (admin) =>
+        Effect.tryPromise({
+          try: async () => {
+            await admin.connect()
+            await admin.fetchTopicMetadata({ topics: [config.dlqTopic] })
+          },
+          catch: classifyKafkaError,
+        }).pipe(
+          Effect.as(true),
+          Effect.catchTag("KafkaUnknownTopic", () => Effect.succeed(false)),
+          Effect.timeout(ATTEMPT_TIMEOUT),
+        ),
+      (admin) => Effect.promise(() => admin.disconnect().catch(() => undefined)).pipe(Effect.timeout("5 seconds"), Effect.ignore),
+    )
+    const checkDeadLetterTopic = deadLetterTopicExists.pipe(
+      Effect.flatMap((exists) => {
+        if (exists) return Effect.logDebug("dead-letter topic exists").pipe(Effect.annotateLogs({ dlq_topic: config.dlqTopic }))
+        const log = config.kafkaAutoCreateTopics ? Effect.logInfo : Effect.logWarning
+        return log(`dead-letter topic "${config.dlqTopic}" (DLQ_TOPIC) does not exist: ${deadLetterTopicHint(config)}`).pipe(
+          Effect.annotateLogs({ dlq_topic: config.dlqTopic, kafka_auto_create_topics: config.kafkaAutoCreateTopics }),
+        )
+      }),
+      Effect.catch((e) => Effect.logDebug("dead-letter topic not checked").pipe(Effect.annotateLogs({ error: e.message }))),
+    )
     // The schedule never ends, so no failure gets past the retry: `ignore` only drops the error type.
-    yield* Effect.forkScoped(attempt.pipe(Effect.retry(backoff), Effect.ignore, Effect.withTracerEnabled(false)))
+    yield* Effect.forkScoped(
+      attempt.pipe(Effect.retry(backoff), Effect.ignore, Effect.andThen(checkDeadLetterTopic), Effect.withTracerEnabled(false)),
+    )
   }),
-)
+).pipe(Layer.provide(KafkaClient.layer))

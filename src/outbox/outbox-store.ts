@@ -9,7 +9,7 @@ import { Context, Effect, Layer, Stream } from "effect"
 import { SqlClient, type Statement } from "effect/sql"
 import { RelayConfig } from "../config/config.ts"
 import type { DatabaseError, DeadReason, SchemaVersionMismatch } from "../domain/errors.ts"
-import type { ClaimedEvent, Delivery, EventStatus, NewEvent } from "../domain/outbox-event.ts"
+import type { ClaimedEvent, Delivery, EventStatus, NewEvent, RecordColumn } from "../domain/outbox-event.ts"
 import { ROW_LIMITS } from "../domain/row-limits.ts"
 import type { OutboxRow } from "../writer/event-input.ts"
 import { INSERT_OUTBOX_EVENTS, type InsertedRow, insertParameters } from "../writer/outbox-insert.ts"
@@ -68,7 +68,9 @@ interface ClaimRow {
   readonly aggregate_key: string | null
   readonly payload: string | null
   readonly headers: string | null
-  readonly content_bytes: number
+  /** Set only for a row too large to carry (then payload and headers are NULL). */
+  readonly oversize_bytes: number | null
+  readonly oversize_column: RecordColumn | null
   readonly request_id: string | null
   readonly traceparent: string | null
   readonly attempts: number
@@ -87,7 +89,7 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
   aggregateKey: r.aggregate_key,
   payload: r.payload ?? "null",
   headers: r.headers ?? "{}",
-  oversizeBytes: r.payload === null ? Number(r.content_bytes) : null,
+  oversize: r.oversize_bytes === null ? null : { bytes: Number(r.oversize_bytes), column: r.oversize_column ?? "payload" },
   requestId: r.request_id,
   traceparent: r.traceparent,
   attempts: r.attempts,
@@ -96,6 +98,19 @@ const toClaimedEvent = (r: ClaimRow): ClaimedEvent => ({
   takenOverFrom: r.previous_owner,
   lease: r.lease,
 })
+
+/**
+ * A text column of a row too large to carry, when the column itself is beyond its bound: its
+ * first 64 characters and its size, enough for the dead letter's headers (event_id names the
+ * row); the rest never leaves the server. left() reads only the first slice of a TOASTed value.
+ */
+const standIn = (column: string) => `left(${column}, 64) || '… (' || octet_length(${column}) || ' bytes)'`
+
+/** The largest record column of a claimed row (named as in RecordColumn), from the sizes `eligible` measured. */
+const LARGEST_COLUMN = `(SELECT v.name FROM (VALUES ('payload', e.payload_bytes), ('headers', e.headers_bytes),
+    ('event_type', e.event_type_bytes), ('aggregate_key', e.aggregate_key_bytes), ('dedup_key', e.dedup_key_bytes),
+    ('request_id', e.request_id_bytes), ('traceparent', e.traceparent_bytes)) AS v(name, bytes)
+  ORDER BY v.bytes DESC NULLS LAST LIMIT 1)`
 
 const lostFrom = (requested: ReadonlyArray<{ readonly id: string }>, marked: ReadonlyArray<{ readonly id: string }>): MarkResult => {
   const done = new Set(marked.map((r) => r.id))
@@ -147,6 +162,7 @@ export class OutboxStore extends Context.Service<
       const me = yield* InstanceId
       const leaseSeconds = config.leaseMs / 1000
       const maxBytes = config.maxRecordBytes
+      const unsafe = (fragment: string) => sql.literal(fragment)
 
       const claimDue = (limit: number, after = "0") =>
         // SKIP LOCKED lets instances claim side by side without waiting on each other.
@@ -160,8 +176,11 @@ export class OutboxStore extends Context.Service<
         // starts, never the ordering check, which still sees every older pending row.
         sql<ClaimRow>`
           WITH candidates AS MATERIALIZED (
-            -- The JSON text is made once, here, so its size can be checked before it is sent.
-            SELECT id, aggregate_key, locked_by, payload::text AS payload_text, headers::text AS headers_text
+            -- octet_length of a stored text reads its size from the TOAST header, not the value.
+            SELECT id, aggregate_key, locked_by, payload, headers,
+                   octet_length(event_type)::bigint AS event_type_bytes, octet_length(aggregate_key)::bigint AS aggregate_key_bytes,
+                   octet_length(dedup_key)::bigint AS dedup_key_bytes, octet_length(request_id)::bigint AS request_id_bytes,
+                   octet_length(traceparent)::bigint AS traceparent_bytes
               FROM outbox_event
              WHERE status IN ('NEW', 'FAILED')
                AND id > ${after}::bigint
@@ -170,33 +189,68 @@ export class OutboxStore extends Context.Service<
              ORDER BY id
              LIMIT ${limit}
              FOR UPDATE SKIP LOCKED
-          ), eligible AS (
-            SELECT c.id, c.locked_by AS previous_owner, c.payload_text, c.headers_text,
-                   octet_length(c.payload_text) + coalesce(octet_length(c.headers_text), 0) AS content_bytes
+          ), texts AS (
+            -- The record's text columns: the key, and the columns that become headers
+            -- (dedup_key counted again when it is the key).
+            SELECT c.*, c.event_type_bytes + c.dedup_key_bytes + coalesce(c.aggregate_key_bytes, c.dedup_key_bytes)
+                          + coalesce(c.request_id_bytes, 0) + coalesce(c.traceparent_bytes, 0) AS text_bytes
               FROM candidates c
-             WHERE c.aggregate_key IS NULL
+          ), eligible AS MATERIALIZED (
+            -- The JSON text is made once, here, so its size can be checked before it is sent:
+            -- only for the rows this claim takes, and not at all when the text columns alone are
+            -- too large (printing a 17 MiB jsonb takes a second of the lease on a busy server).
+            SELECT t.id, left(t.locked_by, 1024) AS previous_owner, t.event_type_bytes, t.aggregate_key_bytes, t.dedup_key_bytes,
+                   t.request_id_bytes, t.traceparent_bytes, t.text_bytes,
+                   CASE WHEN t.text_bytes <= ${maxBytes} THEN t.payload::text END AS payload_text,
+                   CASE WHEN t.text_bytes <= ${maxBytes} THEN t.headers::text END AS headers_text,
+                   pg_column_size(t.payload)::bigint AS payload_stored, pg_column_size(t.headers)::bigint AS headers_stored
+              FROM texts t
+             WHERE t.aggregate_key IS NULL
                 OR NOT EXISTS (
                   SELECT 1 FROM outbox_event older
-                   WHERE older.aggregate_key = c.aggregate_key
-                     AND older.id < c.id
+                   WHERE older.aggregate_key = t.aggregate_key
+                     AND older.id < t.id
                      AND older.status IN ('NEW', 'FAILED')
                      AND older.id NOT IN (SELECT id FROM candidates)
                      -- coalesce: an unleased older row (NULLs) must count as blocking, not as unknown.
                      AND NOT coalesce(older.locked_by = ${me} AND older.locked_until > now(), false))
+          ), measured AS (
+            -- The whole record. Every column counts: any one of them can be too large for
+            -- PostgreSQL's client (16 MiB) or for Kafka. JSON that was not printed counts by its
+            -- stored size (the row is too large anyway).
+            SELECT e.*, coalesce(octet_length(e.payload_text), e.payload_stored) AS payload_bytes,
+                   coalesce(octet_length(e.headers_text), e.headers_stored) AS headers_bytes,
+                   e.text_bytes + coalesce(octet_length(e.payload_text), e.payload_stored)
+                     + coalesce(octet_length(e.headers_text), e.headers_stored) AS record_bytes
+              FROM eligible e
           )
           UPDATE outbox_event o
              SET locked_by = ${me}, locked_until = now() + make_interval(secs => ${leaseSeconds})
-            FROM eligible e
+            FROM measured e
            WHERE o.id = e.id
-          RETURNING o.id::text AS id, o.event_id::text AS event_id, o.dedup_key, o.event_type, o.aggregate_key,
-                    -- A row too large to carry is claimed without its content: PostgreSQL's client
-                    -- refuses a result row over 16 MiB, and Kafka one over its limit. It is dead-lettered.
-                    CASE WHEN e.content_bytes <= ${maxBytes} THEN e.payload_text END AS payload,
-                    CASE WHEN e.content_bytes <= ${maxBytes} THEN e.headers_text END AS headers,
-                    e.content_bytes, o.request_id, o.traceparent,
-                    o.attempts, o.dead_reason,
+          RETURNING o.id::text AS id, o.event_id::text AS event_id,
+                    -- A row too large to carry is claimed without its content and without any
+                    -- column beyond its bound; it is dead-lettered. The aggregate_key is kept
+                    -- whole unless it alone is too large, so every row of a key names it alike.
+                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.dedup_key_bytes <= ${ROW_LIMITS.dedupKeyBytes}
+                         THEN o.dedup_key ELSE ${unsafe(standIn("o.dedup_key"))} END AS dedup_key,
+                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.event_type_bytes <= ${ROW_LIMITS.eventTypeBytes}
+                         THEN o.event_type ELSE ${unsafe(standIn("o.event_type"))} END AS event_type,
+                    CASE WHEN e.aggregate_key_bytes IS NULL OR e.aggregate_key_bytes <= ${maxBytes}
+                         THEN o.aggregate_key ELSE ${unsafe(standIn("o.aggregate_key"))} END AS aggregate_key,
+                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.request_id_bytes <= ${ROW_LIMITS.requestIdBytes}
+                         THEN o.request_id ELSE ${unsafe(standIn("o.request_id"))} END AS request_id,
+                    CASE WHEN e.record_bytes <= ${maxBytes} OR e.traceparent_bytes <= ${ROW_LIMITS.traceparentBytes}
+                         THEN o.traceparent ELSE ${unsafe(standIn("o.traceparent"))} END AS traceparent,
+                    CASE WHEN e.record_bytes <= ${maxBytes} THEN e.payload_text END AS payload,
+                    CASE WHEN e.record_bytes <= ${maxBytes} THEN e.headers_text END AS headers,
+                    CASE WHEN e.record_bytes > ${maxBytes} THEN e.record_bytes::float8 END AS oversize_bytes,
+                    CASE WHEN e.record_bytes > ${maxBytes} THEN ${unsafe(LARGEST_COLUMN)} END AS oversize_column,
+                    o.attempts,
                     -- A FAILED row with a dead reason is dead already; its letter waits for the DLQ.
-                    CASE WHEN o.dead_reason IS NOT NULL THEN o.last_error END AS dead_error,
+                    -- Both are cut to what the relay writes: a row written by SQL may hold anything.
+                    left(o.dead_reason, 64) AS dead_reason,
+                    CASE WHEN o.dead_reason IS NOT NULL THEN left(o.last_error, ${ROW_LIMITS.lastErrorChars}) END AS dead_error,
                     (extract(epoch FROM o.created_at) * 1000)::float8 AS created_at_ms,
                     e.previous_owner,
                     -- The lease as text keeps its microseconds: marks compare it exactly.

@@ -19,7 +19,8 @@ export const ROW_CHECKS: ReadonlyArray<readonly [name: string, condition: string
   ["outbox_event_request_id_bytes", `octet_length(request_id) <= ${L.requestIdBytes}`],
   ["outbox_event_traceparent_bytes", `octet_length(traceparent) <= ${L.traceparentBytes}`],
   ["outbox_event_headers_strings", HEADERS_ARE_STRINGS],
-  ["outbox_event_attempts_range", `attempts BETWEEN 0 AND ${L.maxAttempts}`],
+  // The mark that settles a row (DEAD, or SENT) adds one attempt to whatever the pending row held.
+  ["outbox_event_attempts_range", `attempts BETWEEN 0 AND ${L.maxAttempts} + CASE WHEN status IN ('SENT', 'DEAD') THEN 1 ELSE 0 END`],
   ["outbox_event_next_attempt_finite", `isfinite(next_attempt_at)`],
   ["outbox_event_locked_until_finite", `isfinite(locked_until)`],
 ]

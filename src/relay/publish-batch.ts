@@ -12,7 +12,7 @@
  */
 import { Duration, Effect, Result, type Tracer } from "effect"
 import { RelayConfig } from "../config/config.ts"
-import { KafkaUnavailable, type KafkaUnknownTopic } from "../domain/errors.ts"
+import { KafkaUnavailable } from "../domain/errors.ts"
 import type { ClaimedEvent } from "../domain/outbox-event.ts"
 import type { DeadLetter } from "../kafka/dead-letter-record.ts"
 import { Publisher } from "../kafka/publisher.ts"
@@ -25,9 +25,6 @@ import * as P from "./publish-progress.ts"
 import { decide, type PublishFailure } from "./retry-policy.ts"
 
 export type { BatchOutcome, DeadEvent, FailedEvent, SentEvent } from "./publish-progress.ts"
-
-const letterMessage = (letter: DeadLetter, error: KafkaUnavailable | KafkaUnknownTopic) =>
-  `dead letter (${letter.reason}: ${letter.error}) not published: ${error.message}`
 
 /** Each letter's result: on the DLQ (dead), refused by it (dead, dlq_rejected), waiting for it (failed), or untried. */
 const settleLetters = (p: P.Progress, results: ReadonlyArray<LetterResult>) =>
@@ -45,12 +42,14 @@ const settleLetters = (p: P.Progress, results: ReadonlyArray<LetterResult>) =>
         dead.push({ ...letter, reason: "dlq_rejected", error, letter: "refused" })
       } else if (r._tag === "Untried") untried.push(letter.event)
       else {
-        const message = letterMessage(letter, r.error)
+        const message = `dead letter (${letter.reason}) not published: ${r.error.message}`
         const decision = yield* decide(letter.event.attempts, { _tag: "DeadLetterUnavailable", message }, config)
         const retryInMs = decision._tag === "RetryLater" ? decision.delayMs : config.backoffMaxMs
         waiting.push({
           event: letter.event,
-          error: message,
+          // The row keeps why it died (what its letter's dlq.error will say), not why the letter
+          // waits: that is the row's state (FAILED with a dead reason), logged below, and gauged.
+          error: letter.error,
           retryInMs,
           // The event died once (that cost its attempt); waiting for its letter costs none.
           countsAttempt: letter.event.waitingDeadLetter === null,
@@ -58,7 +57,13 @@ const settleLetters = (p: P.Progress, results: ReadonlyArray<LetterResult>) =>
         })
       }
     }
-    const haltedBy = results.find((r) => r._tag === "Undelivered" && r.error.haltsPublishing)
+    const undelivered = results.filter((r) => r._tag === "Undelivered")
+    if (undelivered.length > 0) {
+      yield* Effect.logWarning("dead letters not published; their rows wait for the dead-letter topic").pipe(
+        Effect.annotateLogs({ count: undelivered.length, dlq_topic: config.dlqTopic, error: undelivered[0]!.error.message }),
+      )
+    }
+    const haltedBy = undelivered.find((r) => r.error.haltsPublishing)
     const next = P.givenBack(P.failed(P.dead(p, dead), waiting), untried)
     return haltedBy === undefined ? next : P.halted(next)
   })

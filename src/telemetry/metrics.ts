@@ -53,3 +53,24 @@ export const failedCount = Metric.gauge("outbox_failed_count", { description: "R
 export const relayLagSeconds = Metric.gauge("outbox_relay_lag_seconds", {
   description: "Age of the oldest row due for publishing (NEW, or FAILED whose retry time has come); 0 when none",
 })
+export const oldestPendingAgeSeconds = Metric.gauge("outbox_oldest_pending_age_seconds", {
+  description:
+    "Age of the oldest pending row (NEW or FAILED), due or not: the longest any key has waited on its first unsent event; 0 when none",
+})
+export const stalledKeys = Metric.gauge("outbox_stalled_keys", {
+  description: "Keys (and unkeyed rows) whose oldest pending row is older than KEY_STALL_MS",
+})
+export const deadLetterWaiting = Metric.gauge("outbox_dead_letter_waiting", {
+  description: "Rows that are due to die but whose dead letter waits for the dead-letter topic (FAILED with a dead_reason)",
+})
+export const stuckRows = Metric.gauge("outbox_stuck_rows", {
+  description:
+    "Pending rows leased or scheduled beyond anything the relay's settings write (locked_until past LEASE_MS, next_attempt_at past BACKOFF_MAX_MS, plus a minute): they hold their keys until freed",
+})
+
+// A failed send is not atomic: the partitions Kafka had already appended keep their records.
+export const resends = Metric.counter("outbox_resends_total", {
+  description:
+    "Records in a Kafka send that failed after it was handed to the producer (some may have landed); each is sent again, as a record or a dead letter: possible duplicates no lease takeover explains",
+  incremental: true,
+})

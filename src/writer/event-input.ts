@@ -4,6 +4,8 @@
  * `pg` form reject exactly the same events with the same messages.
  */
 import { Context, Result, Schema } from "effect"
+import { isReservedHeader } from "../domain/reserved-headers.ts"
+import { ROW_LIMITS } from "../domain/row-limits.ts"
 import { isValidTraceparent } from "../kafka/records.ts"
 
 /** One event to append to the outbox, in the caller's transaction. */
@@ -63,29 +65,54 @@ export class InvalidOutboxEvent extends Schema.TaggedError<InvalidOutboxEvent>()
 export const MaxEventBytes = Context.Reference<number>("outbox-relay/MaxEventBytes", { defaultValue: () => 1_000_000 })
 export const DEFAULT_MAX_EVENT_BYTES = 1_000_000
 
-/** Headers the relay writes itself (a row could otherwise spoof them) and the dead-letter namespace. */
-const RESERVED_HEADERS = new Set(["event_id", "dedup_key", "event_type", "request_id", "traceparent"])
-const isReservedHeader = (name: string) => RESERVED_HEADERS.has(name.toLowerCase()) || name.toLowerCase().startsWith("dlq.")
-
-// Keys live in unique btree indexes (entries up to ~2.7 kB); a clear limit beats PostgreSQL's
-// "index row size exceeds" error, in the outbox and in consumers' inboxes alike.
-const MAX_KEY_BYTES = 1000
 const utf8 = new TextEncoder()
+
+const byteLength = (s: string) => utf8.encode(s).length
+
+/**
+ * The size of a JSON value as jsonb prints it (`payload::text`, the Kafka value): like
+ * JSON.stringify, with a space after each `:` and `,`. Duplicate keys and number spellings
+ * may differ by a few bytes; the relay measures again exactly.
+ */
+export const jsonbTextBytes = (value: Schema.Json): number => {
+  if (value === null || typeof value !== "object") return byteLength(JSON.stringify(value))
+  if (Array.isArray(value)) {
+    let n = 2 + Math.max(0, value.length - 1) * 2
+    for (const item of value) n += jsonbTextBytes(item)
+    return n
+  }
+  const entries = Object.entries(value)
+  let n = 2 + Math.max(0, entries.length - 1) * 2
+  for (const [key, item] of entries) n += byteLength(JSON.stringify(key)) + 2 + jsonbTextBytes(item as Schema.Json)
+  return n
+}
 
 const Headers = Schema.Record(Schema.String, Schema.String)
 const decodeJson = Schema.decodeUnknownResult(Schema.Json)
 const decodeHeaders = Schema.decodeUnknownResult(Headers)
 
-const checkKey = (value: unknown, field: string, problems: Array<Omit<InputProblem, "index">>): string | undefined => {
+/**
+ * The same bounds the table's CHECK constraints enforce (ROW_LIMITS, migration 7), checked here
+ * first so the caller gets every problem of a batch by field, not PostgreSQL's first one.
+ */
+const TEXT_LIMITS = {
+  eventType: ROW_LIMITS.eventTypeBytes,
+  dedupKey: ROW_LIMITS.dedupKeyBytes,
+  aggregateKey: ROW_LIMITS.aggregateKeyBytes,
+  requestId: ROW_LIMITS.requestIdBytes,
+} as const
+
+const checkKey = (value: unknown, field: keyof typeof TEXT_LIMITS, problems: Array<Omit<InputProblem, "index">>): string | undefined => {
+  const limit = TEXT_LIMITS[field]
   if (typeof value !== "string") problems.push({ field, message: "must be a string" })
   else if (value.trim() === "") problems.push({ field, message: "must not be blank" })
-  else if (utf8.encode(value).length > MAX_KEY_BYTES) problems.push({ field, message: `must be at most ${MAX_KEY_BYTES} bytes (UTF-8)` })
+  else if (utf8.encode(value).length > limit) problems.push({ field, message: `must be at most ${limit} bytes (UTF-8)` })
   else if (value.includes("\u0000")) problems.push({ field, message: "must not contain NUL characters" })
   else return value
   return undefined
 }
 
-const optionalText = (value: unknown, field: string, problems: Array<Omit<InputProblem, "index">>): string | null => {
+const optionalText = (value: unknown, field: keyof typeof TEXT_LIMITS, problems: Array<Omit<InputProblem, "index">>): string | null => {
   if (value === undefined || value === null) return null
   return checkKey(value, field, problems) ?? null
 }
@@ -138,7 +165,8 @@ export const toOutboxRow = (
   const eventType = checkKey(input.eventType, "eventType", problems)
   const dedupKey = checkKey(input.dedupKey, "dedupKey", problems)
   const aggregateKey = optionalText(input.aggregateKey, "aggregateKey", problems)
-  const requestId = optionalText(input.requestId, "requestId", problems) ?? options.defaults?.requestId ?? null
+  // A request id from the context is bounded like a given one: the table would refuse it either way.
+  const requestId = optionalText(input.requestId ?? options.defaults?.requestId, "requestId", problems)
 
   let traceparent = options.defaults?.traceparent ?? null
   if (input.traceparent !== undefined && input.traceparent !== null) {
@@ -152,7 +180,9 @@ export const toOutboxRow = (
     if (Result.isFailure(decoded)) problems.push({ field: "headers", message: `must be an object of strings (${decoded.failure.message})` })
     else {
       const reserved = Object.keys(decoded.success).filter(isReservedHeader)
+      const withNul = Object.entries(decoded.success).filter(([name, value]) => name.includes("\u0000") || value.includes("\u0000"))
       if (reserved.length > 0) problems.push({ field: "headers", message: `uses names the relay sets itself: ${reserved.join(", ")}` })
+      else if (withNul.length > 0) problems.push({ field: "headers", message: "must not contain NUL characters" })
       else headers = decoded.success
     }
   }
@@ -168,13 +198,22 @@ export const toOutboxRow = (
   }
   const payload = encodePayload(input.payload, schema, problems)
 
-  if (payload !== undefined) {
+  if (payload !== undefined && eventType !== undefined && dedupKey !== undefined) {
     const limit = options.maxEventBytes ?? DEFAULT_MAX_EVENT_BYTES
-    const bytes = utf8.encode(JSON.stringify(payload)).length + utf8.encode(JSON.stringify(headers)).length
+    // What the relay's claim measures (OutboxStore.claimDue): the record's value and headers as
+    // PostgreSQL prints them, the key, and the text columns that become headers.
+    const bytes =
+      jsonbTextBytes(payload) +
+      jsonbTextBytes(headers) +
+      byteLength(eventType) +
+      byteLength(dedupKey) +
+      byteLength(aggregateKey ?? dedupKey) +
+      byteLength(requestId ?? "") +
+      byteLength(traceparent ?? "")
     if (bytes > limit) {
       problems.push({
         field: "payload",
-        message: `with its headers is ${bytes} bytes, over the limit of ${limit} (the relay's MAX_RECORD_BYTES would dead-letter it)`,
+        message: `with its headers, keys and ids is ${bytes} bytes, over the limit of ${limit} (the relay's MAX_RECORD_BYTES would dead-letter it)`,
       })
     }
   }

@@ -45,7 +45,15 @@ const yamlFile = (relative: string): Mapping => mapping(Yaml.parse(read(relative
 
 // --- the metric names the relay exposes (the contract the alerts and dashboard rely on) --------
 
-const GAUGES = ["outbox_new_count", "outbox_failed_count", "outbox_relay_lag_seconds"]
+const GAUGES = [
+  "outbox_new_count",
+  "outbox_failed_count",
+  "outbox_relay_lag_seconds",
+  "outbox_oldest_pending_age_seconds",
+  "outbox_stalled_keys",
+  "outbox_dead_letter_waiting",
+  "outbox_stuck_rows",
+]
 const COUNTERS = [
   "outbox_publish_total",
   "outbox_dead_letters_total",

@@ -92,6 +92,20 @@ describe("metrics endpoint", () => {
         expect(before.samples.get("outbox_relay_lag_seconds")).toBeLessThan(120)
         // Every outcome series exists from the start, at 0; the counter keeps its _total name (no _total_total).
         for (const status of ["sent", "failed", "dead"]) expect(before.samples.get(`outbox_publish_total{status="${status}"}`)).toBe(0)
+        // What waits unseen: the oldest pending row (due or not), and the two retries an hour
+        // away, beyond anything BACKOFF_MAX_MS (5 min) lets the relay write.
+        for (const name of [
+          "outbox_oldest_pending_age_seconds",
+          "outbox_stalled_keys",
+          "outbox_dead_letter_waiting",
+          "outbox_stuck_rows",
+        ]) {
+          expect(before.types.get(name), name).toBe("gauge")
+        }
+        expect(before.samples.get("outbox_oldest_pending_age_seconds")).toBeGreaterThanOrEqual(42)
+        expect(before.samples.get("outbox_stuck_rows")).toBe(2)
+        expect(before.samples.get("outbox_stalled_keys")).toBe(0)
+        expect(before.samples.get("outbox_dead_letter_waiting")).toBe(0)
         expect(before.text).not.toContain("_total_total")
 
         expect((yield* request(`${relay.baseUrl}/admin/resume`, { method: "POST", headers: auth })).status).toBe(200)

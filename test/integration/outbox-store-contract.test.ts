@@ -6,6 +6,7 @@ import { RelayConfig } from "../../src/config/config.ts"
 import { DatabaseLive } from "../../src/outbox/database.ts"
 import { InstanceId } from "../../src/outbox/instance-id.ts"
 import { OutboxStore } from "../../src/outbox/outbox-store.ts"
+import { ROW_CHECKS } from "../../src/outbox/row-limits-sql.ts"
 import { CONTRACT_LEASE_MS, CONTRACT_MAX_RECORD_BYTES, outboxStoreContract, type RowState } from "../support/outbox-store-contract.ts"
 import { relayConfig } from "../support/relay-harness.ts"
 import { sqlLayer, testDatabase } from "../support/test-database.ts"
@@ -30,6 +31,9 @@ describe("OutboxStore contract: PostgreSQL", () => {
                 Effect.orDie,
               ),
             advance: (ms) => Effect.sleep(ms),
+            dropRowLimits: Effect.forEach(ROW_CHECKS, ([name]) => sql.unsafe(`ALTER TABLE outbox_event DROP CONSTRAINT ${name}`), {
+              discard: true,
+            }).pipe(Effect.orDie),
             row: (id) =>
               sql<{ status: RowState["status"]; attempts: number; locked_by: string | null; dead_reason: RowState["deadReason"] }>`
                 SELECT status, attempts, locked_by, dead_reason FROM outbox_event WHERE id = ${id}::bigint`.pipe(

@@ -28,6 +28,8 @@ describe("OutboxStore contract: the simulation's fake", () => {
                 ),
               ).pipe(Effect.map((context) => Context.get(context, OutboxStore))),
             advance: (ms) => TestClock.adjust(ms),
+            // The fake keeps no bounds of its own: any row can be appended to it.
+            dropRowLimits: Effect.void,
             row: (id) =>
               snapshotRows(db).pipe(
                 Effect.map((rows) => {

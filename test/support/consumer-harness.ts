@@ -162,7 +162,7 @@ export const publishClicks = (topic: string, clicks: ReadonlyArray<TestClick>) =
           aggregateKey: c.aggregateKey === undefined ? c.query : c.aggregateKey,
           payload: JSON.stringify({ query: c.query, resultId: `r-${i}`, position: i % 10 }),
           headers: "{}",
-          oversizeBytes: null,
+          oversize: null,
           requestId: `req-${c.dedupKey}`,
           traceparent: c.traceparent ?? null,
           attempts: 0,

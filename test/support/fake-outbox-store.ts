@@ -9,7 +9,7 @@ import { Clock, Effect, Layer, Ref, Stream } from "effect"
 import { RelayConfig } from "../../src/config/config.ts"
 import { faultOfSqlState } from "../../src/domain/database-fault.ts"
 import { DatabaseError, type DeadReason } from "../../src/domain/errors.ts"
-import type { ClaimedEvent, EventStatus, NewEvent } from "../../src/domain/outbox-event.ts"
+import type { ClaimedEvent, EventStatus, NewEvent, Oversize, RecordColumn } from "../../src/domain/outbox-event.ts"
 import { ROW_LIMITS } from "../../src/domain/row-limits.ts"
 import { InstanceId } from "../../src/outbox/instance-id.ts"
 import { type Lease, type MarkResult, OutboxStore } from "../../src/outbox/outbox-store.ts"
@@ -149,6 +149,28 @@ class Refused {
     this.message = message
   }
 }
+/** The claim's measure of a row (see OutboxStore.claimDue): every record column, the key counted as such. */
+const measureRecord = (row: FakeRow): Oversize => {
+  const sizes: ReadonlyArray<readonly [RecordColumn, number | null]> = [
+    ["payload", bytes(row.payload)],
+    ["headers", bytes(row.headers)],
+    ["event_type", bytes(row.eventType)],
+    ["aggregate_key", row.aggregateKey === null ? null : bytes(row.aggregateKey)],
+    ["dedup_key", bytes(row.dedupKey)],
+    ["request_id", row.requestId === null ? null : bytes(row.requestId)],
+    ["traceparent", row.traceparent === null ? null : bytes(row.traceparent)],
+  ]
+  let total = bytes(row.aggregateKey === null ? row.dedupKey : "")
+  let largest = sizes[0]!
+  for (const entry of sizes) {
+    total += entry[1] ?? 0
+    if ((entry[1] ?? -1) > (largest[1] ?? -1)) largest = entry
+  }
+  return { bytes: total, column: largest[0] }
+}
+
+/** As the claim's stand-in in SQL: the first 64 characters and the size. */
+const standIn = (value: string) => `${[...value].slice(0, 64).join("")}… (${bytes(value)} bytes)`
 
 /** One instance's OutboxStore over the shared table: needs RelayConfig and InstanceId, like the real one. */
 export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
@@ -232,19 +254,21 @@ export const fakeOutboxStoreLayer = (db: FakeDatabase) =>
             if (previousOwner !== null) db.journal.takeovers.push({ id: row.id, from: previousOwner, by: me, at: now })
             row.lockedBy = me
             row.lockedUntil = now + config.leaseMs
-            const contentBytes = bytes(row.payload) + bytes(row.headers)
-            const fits = contentBytes <= config.maxRecordBytes
+            const measured = measureRecord(row)
+            const fits = measured.bytes <= config.maxRecordBytes
+            const within = (value: string, bound: number) => (fits || bytes(value) <= bound ? value : standIn(value))
+            const withinOrNull = (value: string | null, bound: number) => (value === null ? null : within(value, bound))
             return {
               id: String(row.id),
               eventId: row.eventId,
-              dedupKey: row.dedupKey,
-              eventType: row.eventType,
-              aggregateKey: row.aggregateKey,
+              dedupKey: within(row.dedupKey, ROW_LIMITS.dedupKeyBytes),
+              eventType: within(row.eventType, ROW_LIMITS.eventTypeBytes),
+              aggregateKey: withinOrNull(row.aggregateKey, config.maxRecordBytes),
               payload: fits ? row.payload : "null",
               headers: fits ? row.headers : "{}",
-              oversizeBytes: fits ? null : contentBytes,
-              requestId: row.requestId,
-              traceparent: row.traceparent,
+              oversize: fits ? null : measured,
+              requestId: withinOrNull(row.requestId, ROW_LIMITS.requestIdBytes),
+              traceparent: withinOrNull(row.traceparent, ROW_LIMITS.traceparentBytes),
               attempts: row.attempts,
               waitingDeadLetter:
                 row.status === "FAILED" && row.deadReason !== null ? { reason: row.deadReason, error: row.lastError ?? "" } : null,

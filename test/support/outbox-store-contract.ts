@@ -7,7 +7,7 @@
 import { expect } from "@effect/vitest"
 import { Effect, type Scope } from "effect"
 import type { DeadReason } from "../../src/domain/errors.ts"
-import type { ClaimedEvent, EventStatus, NewEvent } from "../../src/domain/outbox-event.ts"
+import type { ClaimedEvent, EventStatus, NewEvent, RecordColumn } from "../../src/domain/outbox-event.ts"
 import type { Lease, OutboxStore } from "../../src/outbox/outbox-store.ts"
 
 export interface RowState {
@@ -23,6 +23,8 @@ export interface StoreContractEnv {
   /** Lets time pass (the real database's clock, or the TestClock). */
   readonly advance: (ms: number) => Effect.Effect<void>
   readonly row: (id: string) => Effect.Effect<RowState>
+  /** Lifts the table's row bounds (migration 7's constraints), as on a table whose rows predate them. */
+  readonly dropRowLimits: Effect.Effect<void>
 }
 
 /** The settings every implementation runs the contract with. */
@@ -241,10 +243,66 @@ export const outboxStoreContract = (test: Register) => {
       const { inserted } = yield* a.append([event("big", "K", { blob }), event("small", "K")])
       const [big, small] = yield* a.claimDue(10)
       expect(big!.id).toBe(inserted[0])
-      expect(big!.oversizeBytes).toBeGreaterThan(CONTRACT_MAX_RECORD_BYTES * 3)
+      expect(big!.oversize).toEqual({ bytes: expect.any(Number), column: "payload" })
+      expect(big!.oversize!.bytes).toBeGreaterThan(CONTRACT_MAX_RECORD_BYTES * 3)
       expect(big!.payload).not.toContain(blob)
-      expect(small!.oversizeBytes).toBeNull()
+      // Columns within their bounds come whole: the dead letter names the event by them.
+      expect([big!.dedupKey, big!.aggregateKey, big!.eventType]).toEqual(["big", "K", "search_click"])
+      expect(small!.oversize).toBeNull()
       expect(JSON.parse(small!.payload)).toEqual({ n: "small" })
+    }))
+
+  // Rows the table's bounds (migration 7) would refuse: from before them, or with them dropped.
+  // Whichever column makes a row too large, the claim names it, fetches none of it beyond its
+  // bound, and claims the row's neighbours as usual.
+  const huge = "h".repeat(CONTRACT_MAX_RECORD_BYTES * 3)
+  const hostile: ReadonlyArray<readonly [RecordColumn, NewEvent, (e: ClaimedEvent) => string | null]> = [
+    ["payload", { ...event("c-payload", "K-payload"), payload: { huge } }, (e) => e.payload],
+    ["headers", { ...event("c-headers", "K-headers"), headers: { huge } }, (e) => e.headers],
+    ["event_type", { ...event("c-event_type", "K-event_type"), eventType: `T-${huge}` }, (e) => e.eventType],
+    ["aggregate_key", event("c-aggregate_key", `K-${huge}`), (e) => e.aggregateKey],
+    ["dedup_key", event(`c-${huge}`, "K-dedup_key", { n: "c-dedup_key" }), (e) => e.dedupKey],
+    ["request_id", { ...event("c-request_id", "K-request_id"), requestId: `R-${huge}` }, (e) => e.requestId],
+    ["traceparent", { ...event("c-traceparent", "K-traceparent"), traceparent: `P-${huge}` }, (e) => e.traceparent],
+  ]
+  for (const [column, row, read] of hostile) {
+    test(`claims a row whose ${column} is too large to carry without fetching it, and names the column`, (env) =>
+      Effect.gen(function* () {
+        const a = yield* env.instance("instance-a")
+        yield* env.dropRowLimits
+        const { inserted } = yield* a.append([event("before", "K-other"), row, event("after", "K-other")])
+        const claimed = yield* a.claimDue(10)
+        expect(ids(claimed)).toEqual(inserted)
+        const [before, big, after] = claimed as [ClaimedEvent, ClaimedEvent, ClaimedEvent]
+        expect(big.oversize?.column).toBe(column)
+        expect(big.oversize!.bytes).toBeGreaterThan(huge.length)
+        expect([big.payload, big.headers]).toEqual(["null", "{}"])
+        // Nothing of the column comes whole: a prefix and its size stand in for it.
+        const fetched = read(big) ?? ""
+        expect(fetched.length).toBeLessThan(200)
+        if (column !== "payload" && column !== "headers") {
+          expect(fetched).toBe(`${fetched[0]}-${"h".repeat(62)}… (${huge.length + 2} bytes)`)
+        }
+        expect([before.oversize, after.oversize]).toEqual([null, null])
+      }))
+  }
+
+  test("a row too large only as a whole is named by its largest column, and keeps its columns within their bounds", (env) =>
+    Effect.gen(function* () {
+      const a = yield* env.instance("instance-a")
+      const half = CONTRACT_MAX_RECORD_BYTES / 2
+      yield* a.append([
+        {
+          ...event("sum", "K"),
+          payload: { p: "p".repeat(half - 50) },
+          headers: { h: "h".repeat(half) },
+          requestId: "r".repeat(200),
+        },
+      ])
+      const [sum] = yield* a.claimDue(10)
+      expect(sum!.oversize?.column).toBe("headers")
+      expect(sum!.requestId).toBe("r".repeat(200))
+      expect([sum!.dedupKey, sum!.aggregateKey]).toEqual(["sum", "K"])
     }))
 
   test("appending a dedup_key that exists is a no-op", (env) =>

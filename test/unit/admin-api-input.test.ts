@@ -1,6 +1,6 @@
 import { Redacted, Result } from "effect"
 import { describe, expect, it } from "vitest"
-import { decodeDeadLetterQuery, decodeReplayRequest } from "../../src/http/admin-requests.ts"
+import { decodeDeadLetterQuery, decodeFreeRequest, decodeReplayRequest, decodeStuckQuery } from "../../src/http/admin-requests.ts"
 import { bearerTokenCheck } from "../../src/http/bearer-auth.ts"
 
 const failure = <A>(r: Result.Result<A, string>) => (Result.isFailure(r) ? r.failure : undefined)
@@ -66,5 +66,26 @@ describe("admin API input", () => {
     expect(failure(decodeDeadLetterQuery({ limit: "1001" }))).toContain("limit")
     expect(failure(decodeDeadLetterQuery({ until: "2024-13-45" }))).toContain("until")
     expect(failure(decodeDeadLetterQuery({ reason: "boom" }))).toContain("reason")
+  })
+
+  it("frees stuck rows only when named (ids) or asked for all of them, and refuses anything else", () => {
+    expect(failure(decodeFreeRequest({}))).toContain('"all": true')
+    expect(failure(decodeFreeRequest({ dry_run: true }))).toContain('"all": true')
+    expect(failure(decodeFreeRequest({ ids: ["9223372036854775808"] }))).toContain("ids")
+    expect(failure(decodeFreeRequest({ all: true, status: "NEW" }))).toContain("status")
+    expect(Result.getOrThrow(decodeFreeRequest({ ids: [7, "8"], actor: "ops" }))).toEqual({
+      selection: { ids: ["7", "8"], all: false },
+      dryRun: false,
+      actor: "ops",
+    })
+    expect(Result.getOrThrow(decodeFreeRequest({ all: true, dry_run: true }))).toEqual({
+      selection: { ids: [], all: true },
+      dryRun: true,
+      actor: "admin-api",
+    })
+    expect(Result.getOrThrow(decodeStuckQuery({}))).toBe(100)
+    expect(Result.getOrThrow(decodeStuckQuery({ limit: "5" }))).toBe(5)
+    expect(failure(decodeStuckQuery({ limit: "5000" }))).toContain("limit")
+    expect(failure(decodeStuckQuery({ since: "2020-01-01" }))).toContain("since")
   })
 })

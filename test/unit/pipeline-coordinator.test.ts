@@ -13,7 +13,7 @@ const event = (id: string, lease: string, aggregateKey: string | null = null): C
   aggregateKey,
   payload: "{}",
   headers: "{}",
-  oversizeBytes: null,
+  oversize: null,
   requestId: null,
   traceparent: null,
   attempts: 0,

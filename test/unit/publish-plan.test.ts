@@ -25,7 +25,7 @@ const batchArb = fc.array(eventArb, { maxLength: 30 }).map((drawn) =>
       aggregateKey: d.key,
       payload: "{}",
       headers: d.headers,
-      oversizeBytes: null,
+      oversize: null,
       requestId: null,
       traceparent: d.traceparent,
       attempts: d.attempts,

@@ -12,7 +12,7 @@ const event = (over: Partial<ClaimedEvent> = {}): ClaimedEvent => ({
   aggregateKey: "session-9",
   payload: '{"q":"shoes"}',
   headers: "{}",
-  oversizeBytes: null,
+  oversize: null,
   requestId: "req-1",
   traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
   attempts: 0,
@@ -71,6 +71,19 @@ describe("record building", () => {
   it("never lets the row's own headers overwrite the relay's", () => {
     const r = Result.getOrThrow(buildRecord(event({ headers: '{"event_id":"spoofed"}' }), DEFAULT_TOPIC_MAP))
     expect(r.headers.event_id).toBe("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+  })
+
+  it("drops the row's headers named like the relay's in any case, and the dead-letter namespace", () => {
+    const own =
+      '{"DEDUP_KEY":"spoofed","Event_Id":"x","Request_ID":"y","TraceParent":"z","dlq.reason":"fake","DLQ.Error":"e","tenant":"acme"}'
+    const r = Result.getOrThrow(buildRecord(event({ headers: own, requestId: null }), DEFAULT_TOPIC_MAP))
+    expect(r.headers).toEqual({
+      tenant: "acme",
+      event_id: "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+      dedup_key: "order-1-created",
+      event_type: "search_click",
+      traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    })
   })
 
   it("drops an invalid traceparent instead of losing the event", () => {

@@ -4,6 +4,7 @@ import * as m0003 from "./0003_notify_trigger.ts"
 import * as m0004 from "./0004_storage_tuning.ts"
 import * as m0005 from "./0005_time_ordered_event_id.ts"
 import * as m0006 from "./0006_no_event_id_index.ts"
+import * as m0007 from "./0007_row_limits.ts"
 
 export interface Migration {
   readonly version: number
@@ -19,6 +20,7 @@ export const migrations: ReadonlyArray<Migration> = [
   { version: 4, name: "storage_tuning", statements: m0004.statements },
   { version: 5, name: "time_ordered_event_id", statements: m0005.statements },
   { version: 6, name: "no_event_id_index", statements: m0006.statements },
+  { version: 7, name: "row_limits", statements: m0007.statements },
 ]
 
 export const LATEST_SCHEMA_VERSION = migrations[migrations.length - 1]!.version
