@@ -89,7 +89,7 @@ export const makeFakeDatabase = (random: () => number = () => 0): Effect.Effect<
     journal: { retries: [], takeovers: [] },
     faults: { down: false, severed: new Set(), failureRate: 0 },
     observer: undefined,
-    constraints: true,
+    constraints: false,
     random,
   }))
 
