@@ -121,7 +121,12 @@ describe("poison rows", () => {
         INSERT INTO outbox_event (dedup_key, event_type, aggregate_key, payload, request_id)
         VALUES ('dlq-refused', 'order_refunded_' || repeat('x', 240), 'dlq-key-b', '{"n": 2}', repeat('r', 256))`,
     )
-    st.writer.written.push({ dedupKey: "dlq-refused", eventType: `order_refunded_${"x".repeat(240)}`, aggregateKey: "dlq-key-b", payload: { n: 2 } })
+    st.writer.written.push({
+      dedupKey: "dlq-refused",
+      eventType: `order_refunded_${"x".repeat(240)}`,
+      aggregateKey: "dlq-key-b",
+      payload: { n: 2 },
+    })
     await write(st, followers("dlq-key-b", 20))
     await waitDrained(st.db, { sinceMs: Date.now(), timeoutMs: 60_000 })
 
