@@ -63,6 +63,12 @@ export const retryDelayMs = (policy: Policy, retry: number): Effect.Effect<numbe
     return Math.round(Duration.toMillis(delay))
   })
 
+/** The bounds every delay of retry number `retry` stays within (the jitter is ×0.8–1.2, capped). */
+export const retryDelayBounds = (policy: Policy, retry: number): { readonly min: number; readonly max: number } => {
+  const nominal = Math.min(policy.backoffBaseMs * 2 ** (Math.max(1, retry) - 1), policy.backoffMaxMs)
+  return { min: Math.floor(nominal * 0.8), max: Math.ceil(Math.min(nominal * 1.2, policy.backoffMaxMs)) }
+}
+
 /**
  * How long a mark that fails on the database is retried. A mark that never lands after Kafka
  * acknowledged leaves rows leased; they come back after the lease and go out again (a

@@ -21,8 +21,6 @@ export interface LoggedRecord {
   readonly headers: Readonly<Record<string, string>>
   /** False when the append's acknowledgement never reached the relay (a timeout). */
   acknowledged: boolean
-  /** Landed after the relay had stopped waiting for it (a send slower than PUBLISH_TIMEOUT_MS). */
-  readonly late: boolean
   readonly by: string
   readonly at: number
 }
@@ -36,21 +34,8 @@ export interface KafkaFaults {
   timeoutRate: number
   /** A send fails before appending anything with this probability (a transient broker error). */
   errorRate: number
-  /** Each send takes at least this long (a slow-sends window: the lease may expire meanwhile). */
+  /** Each send takes this long (the lease may expire meanwhile). */
   sendDelayMs: number
-}
-
-export interface SendCounts {
-  main: number
-  mainFailed: number
-  deadLetter: number
-  deadLetterFailed: number
-}
-
-/** Told about every acknowledgement as it reaches the relay (the simulation's step checker). */
-export interface BrokerObserver {
-  readonly sending: (by: string, now: number, records: ReadonlyArray<{ readonly topic: string; readonly eventId: string }>) => void
-  readonly acknowledged: (by: string, now: number, records: ReadonlyArray<LoggedRecord>) => void
 }
 
 export interface FakeKafka {
@@ -65,15 +50,6 @@ export interface FakeKafka {
   /** Records whose value contains this marker are refused as invalid. */
   readonly poisonMarker: string
   readonly random: () => number
-  /**
-   * How long one send takes when no fault slows it (drawn per send): a slow but live broker
-   * answers every send, just late. A send slower than PUBLISH_TIMEOUT_MS times out after it,
-   * and its records may still land (unacknowledged) when the broker gets to them.
-   */
-  latencyMs: () => number
-  /** Sends per event id, by where they went and whether the relay got an acknowledgement. */
-  readonly sends: Map<string, SendCounts>
-  observer: BrokerObserver | undefined
 }
 
 export const makeFakeKafka = (options: {
@@ -81,7 +57,6 @@ export const makeFakeKafka = (options: {
   readonly random: () => number
   readonly maxRecordBytes?: number
   readonly dlqMaxRecordBytes?: number
-  readonly latencyMs?: () => number
 }): FakeKafka => ({
   topics: new Map(options.topics.map((t) => [t, 3])),
   log: [],
@@ -90,9 +65,6 @@ export const makeFakeKafka = (options: {
   dlqMaxRecordBytes: options.dlqMaxRecordBytes ?? Number.POSITIVE_INFINITY,
   poisonMarker: "\u0000poison",
   random: options.random,
-  latencyMs: options.latencyMs ?? (() => 0),
-  sends: new Map(),
-  observer: undefined,
 })
 
 const partitionOf = (key: string, partitions: number) => {
@@ -108,24 +80,20 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
     Effect.gen(function* () {
       const config = yield* RelayConfig
       const me = yield* InstanceId
-      // Built once: a Schema error's constructor validates, and the fake fails thousands of sends a run.
-      const connectionRefused = new KafkaUnavailable({ reason: "unreachable", message: "connection refused (simulated)", cause: null })
-      const notLeader = new KafkaUnavailable({ reason: "unreachable", message: "NOT_LEADER_OR_FOLLOWER (simulated)", cause: null })
-      const tooLarge = new KafkaRejected({ reason: "message_too_large", message: "MESSAGE_TOO_LARGE (simulated)", cause: null })
-      const corrupt = new KafkaRejected({ reason: "invalid_record", message: "CORRUPT_MESSAGE (simulated)", cause: null })
+      const unreachable = (message: string) => new KafkaUnavailable({ reason: "unreachable", message, cause: null })
 
       const refusal = (record: OutboundRecord): KafkaRejected | undefined => {
         const limit = record.topic === config.dlqTopic ? kafka.dlqMaxRecordBytes : kafka.maxRecordBytes
         if (recordBytes(record) > limit) {
-          return tooLarge
+          return new KafkaRejected({ reason: "message_too_large", message: "MESSAGE_TOO_LARGE (simulated)", cause: null })
         }
         if (record.value?.includes(kafka.poisonMarker)) {
-          return corrupt
+          return new KafkaRejected({ reason: "invalid_record", message: "CORRUPT_MESSAGE (simulated)", cause: null })
         }
         return undefined
       }
 
-      const append = (records: ReadonlyArray<OutboundRecord>, acknowledged: boolean, now: number, late = false): ReadonlyArray<Delivery> =>
+      const append = (records: ReadonlyArray<OutboundRecord>, acknowledged: boolean, now: number): ReadonlyArray<Delivery> =>
         records.map((record) => {
           const partition = partitionOf(record.key, kafka.topics.get(record.topic)!)
           const offset = kafka.log.filter((r) => r.topic === record.topic && r.partition === partition).length
@@ -137,19 +105,19 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
             eventId: record.headers.event_id ?? "",
             headers: record.headers,
             acknowledged,
-            late,
             by: me,
             at: now,
           })
           return { topic: record.topic, partition, offset: String(offset) }
         })
 
-      /** What the broker does with a send once it gets to it; `timedOut`: the relay stopped waiting. */
-      const land = (records: ReadonlyArray<OutboundRecord>, timedOut: boolean) =>
+      const publish = (records: ReadonlyArray<OutboundRecord>) =>
         Effect.gen(function* () {
-          if (kafka.faults.down || kafka.faults.severed.has(me)) return yield* connectionRefused
+          if (records.length === 0) return []
+          if (kafka.faults.sendDelayMs > 0) yield* Effect.sleep(kafka.faults.sendDelayMs)
+          if (kafka.faults.down || kafka.faults.severed.has(me)) return yield* unreachable("connection refused (simulated)")
           if (kafka.faults.errorRate > 0 && kafka.random() < kafka.faults.errorRate) {
-            return yield* notLeader
+            return yield* unreachable("NOT_LEADER_OR_FOLLOWER (simulated)")
           }
           const missing = [...new Set(records.filter((r) => !kafka.topics.has(r.topic)).map((r) => r.topic))]
           if (missing.length > 0) {
@@ -168,77 +136,25 @@ export const fakePublisherLayer = (kafka: FakeKafka) =>
               records.filter((_, i) => refused[i] !== undefined).map((r) => `${r.topic}/${partitionOf(r.key, kafka.topics.get(r.topic)!)}`),
             )
             const others = records.filter((r) => !badPartitions.has(`${r.topic}/${partitionOf(r.key, kafka.topics.get(r.topic)!)}`))
-            if (kafka.random() < 0.5) append(others, false, now, timedOut)
+            if (kafka.random() < 0.5) append(others, false, now)
             return yield* firstRefusal
           }
-          if (timedOut || (kafka.faults.timeoutRate > 0 && kafka.random() < kafka.faults.timeoutRate)) {
-            append(records, false, now, timedOut)
-            return yield* timeout
-          }
-          const deliveries = append(records, true, now)
-          kafka.observer?.acknowledged(me, now, kafka.log.slice(kafka.log.length - records.length))
-          return deliveries
-        })
-
-      const timeout = new KafkaUnavailable({
-        reason: "timeout",
-        message: `send timed out after ${config.publishTimeoutMs} ms`,
-        cause: null,
-      })
-
-      const publish = (records: ReadonlyArray<OutboundRecord>) =>
-        Effect.gen(function* () {
-          if (records.length === 0) return []
-          if (kafka.observer !== undefined) {
-            const now = yield* Clock.currentTimeMillis
-            kafka.observer.sending(
-              me,
-              now,
-              records.map((r) => ({ topic: r.topic, eventId: r.headers.event_id ?? "" })),
-            )
-          }
-          const counts = records.map((r) => {
-            const id = r.headers.event_id ?? ""
-            const c = kafka.sends.get(id) ?? { main: 0, mainFailed: 0, deadLetter: 0, deadLetterFailed: 0 }
-            kafka.sends.set(id, c)
-            if (r.topic === config.dlqTopic) c.deadLetter++
-            else c.main++
-            return [r.topic === config.dlqTopic, c] as const
-          })
-          const failed = Effect.sync(() => {
-            for (const [deadLetter, c] of counts) {
-              if (deadLetter) c.deadLetterFailed++
-              else c.mainFailed++
-            }
-          })
-          return yield* send(records).pipe(Effect.tapError(() => failed))
-        })
-
-      const send = (records: ReadonlyArray<OutboundRecord>) =>
-        Effect.gen(function* () {
-          const delayMs = Math.max(kafka.latencyMs(), kafka.faults.sendDelayMs)
-          if (delayMs > config.publishTimeoutMs) {
-            // The relay gives up after PUBLISH_TIMEOUT_MS; the broker may still take the records later.
-            yield* Effect.forkDetach(
-              Effect.sleep(delayMs).pipe(
-                Effect.andThen(Effect.suspend(() => (kafka.random() < 0.5 ? land(records, true) : Effect.void))),
-                Effect.ignore,
-              ),
-            )
+          if (kafka.faults.timeoutRate > 0 && kafka.random() < kafka.faults.timeoutRate) {
+            append(records, false, now)
             yield* Effect.sleep(config.publishTimeoutMs)
-            return yield* timeout
+            return yield* new KafkaUnavailable({
+              reason: "timeout",
+              message: `send timed out after ${config.publishTimeoutMs} ms`,
+              cause: null,
+            })
           }
-          if (delayMs > 0) yield* Effect.sleep(delayMs)
-          // A lost acknowledgement is a timeout: the relay waits out PUBLISH_TIMEOUT_MS first.
-          return yield* land(records, false).pipe(
-            Effect.tapError((e) => (e === timeout ? Effect.sleep(config.publishTimeoutMs - delayMs) : Effect.void)),
-          )
+          return append(records, true, now)
         })
 
       return Publisher.of({
         publish,
         checkReachable: Effect.suspend(() =>
-          kafka.faults.down || kafka.faults.severed.has(me) ? Effect.fail(connectionRefused) : Effect.void,
+          kafka.faults.down || kafka.faults.severed.has(me) ? Effect.fail(unreachable("connection refused (simulated)")) : Effect.void,
         ),
       })
     }),

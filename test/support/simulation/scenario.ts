@@ -5,7 +5,6 @@
 import { Result } from "effect"
 import { parseConfig, type RelayConfigShape } from "../../../src/config/config.ts"
 import type { NewEvent } from "../../../src/domain/outbox-event.ts"
-import type { RawEvent } from "../fake-outbox-store.ts"
 import type { Rng } from "./random.ts"
 
 export const TOPICS = { search_click: "clicks", ac_select: "selects", ghost_event: "ghost" } as const
@@ -14,16 +13,7 @@ export const DLQ_TOPIC = "outbox.dlq"
 export const POISON = "\u0000poison"
 
 /** How an event is meant to be hard to relay (or not). */
-export type EventKind =
-  | "normal"
-  | "unknown_type"
-  | "oversize"
-  | "poison"
-  | "poison_big_headers"
-  | "missing_topic"
-  /** Rows plain SQL inserted before the table's row limits existed (hostile: PostgreSQL refuses their marks). */
-  | "huge_event_type"
-  | "attempts_at_limit"
+export type EventKind = "normal" | "unknown_type" | "oversize" | "poison" | "poison_big_headers" | "missing_topic"
 
 export interface ScheduledWrite {
   readonly at: number
@@ -41,16 +31,6 @@ export type Fault =
   | { readonly _tag: "Pause"; readonly at: number; readonly instance: number; readonly forMs: number }
   | { readonly _tag: "GracefulStop"; readonly at: number; readonly instance: number }
   | { readonly _tag: "CreateTopic"; readonly at: number; readonly topic: string }
-  /** The dead-letter topic is deleted for a while: dead letters wait, and their rows' attempts must not grow. */
-  | { readonly _tag: "DeadLetterTopicMissing"; readonly at: number; readonly forMs: number }
-
-/**
- * How fast the broker answers when no fault slows it, for the whole run. `slow`: every send
- * takes up to LEASE_MS / 4 and less than PUBLISH_TIMEOUT_MS (a broker slower than the
- * timeout the operator set is an outage, which the SlowSends windows model): alive but late,
- * it must cost progress, never a takeover.
- */
-export type BrokerSpeed = { readonly _tag: "fast" } | { readonly _tag: "slow"; readonly maxMs: number }
 
 export interface Scenario {
   readonly seed: number
@@ -62,14 +42,6 @@ export interface Scenario {
   readonly healAt: number
   /** The dead-letter topic refuses records over this size (small: even trimmed letters are refused). */
   readonly dlqMaxRecordBytes: number
-  readonly broker: BrokerSpeed
-  /** Rows inserted by plain SQL before the schema's row limits existed, there when the run starts. */
-  readonly legacy: ReadonlyArray<RawEvent & { readonly kind: EventKind }>
-  /**
-   * Whether the row-limit constraints exist (then the migration has settled the legacy rows
-   * that break them DEAD out_of_limits); without them, PostgreSQL's own limits refuse their marks.
-   */
-  readonly constraints: boolean
 }
 
 const baseConfig = Result.getOrThrow(
@@ -81,7 +53,7 @@ export const drawScenario = (seed: number, rng: Rng): Scenario => {
     ...baseConfig,
     batchSize: rng.int(2, 8),
     leaseMs: 3_000,
-    publishTimeoutMs: rng.pick([250, 500, 1_000]),
+    publishTimeoutMs: 500,
     pollIntervalMs: 1_000,
     busyPollIntervalMs: 200,
     maxAttempts: rng.int(2, 6),
@@ -145,7 +117,7 @@ export const drawScenario = (seed: number, rng: Rng): Scenario => {
   for (let i = 0; i < faultCount; i++) {
     const at = rng.int(0, 3_500)
     const forMs = rng.int(100, 2_500)
-    switch (rng.int(0, 10)) {
+    switch (rng.int(0, 9)) {
       case 0:
         faults.push({ _tag: "KafkaDown", at, forMs })
         break
@@ -179,44 +151,18 @@ export const drawScenario = (seed: number, rng: Rng): Scenario => {
       case 8:
         faults.push({ _tag: "GracefulStop", at, instance: rng.int(0, instances - 1) })
         break
-      case 9:
-        faults.push({ _tag: "CreateTopic", at, topic: TOPICS.ghost_event })
-        break
       default:
-        faults.push({ _tag: "DeadLetterTopicMissing", at, forMs })
+        faults.push({ _tag: "CreateTopic", at, topic: TOPICS.ghost_event })
     }
   }
   faults.sort((a, b) => a.at - b.at)
-  const broker: BrokerSpeed = rng.chance(0.25)
-    ? { _tag: "slow", maxMs: Math.min(config.leaseMs / 4, config.publishTimeoutMs - 1) }
-    : { _tag: "fast" }
-  // Healed when the last fault window closes and the last write is in: the run needs no more
-  // simulated time than that before it waits for every event to settle.
-  const ends = [...faults.map((f) => f.at + ("forMs" in f ? f.forMs : 0)), ...writes.map((w) => w.at)]
-  const legacy = Array.from({ length: rng.chance(0.3) ? rng.int(1, 2) : 0 }, (_, i) => {
-    const kind: EventKind = rng.chance(0.5) ? "huge_event_type" : "attempts_at_limit"
-    return {
-      kind,
-      dedupKey: `s${seed}-legacy${i}`,
-      // Incompressible, as in the hostile probe: its DEAD mark overflows the dead-letter index.
-      eventType:
-        kind === "huge_event_type" ? Array.from({ length: 10_000 }, () => String.fromCharCode(rng.int(97, 122))).join("") : "search_click",
-      aggregateKey: rng.pick(hot),
-      payload: { legacy: i },
-      headers: {},
-      ...(kind === "attempts_at_limit" ? { attempts: 2_147_483_647 } : {}),
-    }
-  })
   return {
     seed,
-    legacy,
-    constraints: rng.chance(0.5),
     config,
     instances,
     writes,
     faults,
-    healAt: Math.max(0, ...ends),
+    healAt: 6_000,
     dlqMaxRecordBytes: rng.chance(0.2) ? 100 : 700,
-    broker,
   }
 }

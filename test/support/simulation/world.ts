@@ -1,10 +1,9 @@
 /**
  * Runs one scenario: real relay code (runRelayUntilStopped and everything under it) in 1–4
  * instances over the fake store and broker, under TestClock, with faults applied at their
- * times. Nothing here does real I/O or reads the wall clock, so a seed replays exactly. The
- * fakes report every statement and acknowledgement to a step checker as they land.
+ * times. Nothing here does real I/O or reads the wall clock, so a seed replays exactly.
  */
-import { Clock, Context, Effect, Fiber, Layer, Random, Ref, References, Stream } from "effect"
+import { Clock, Context, Effect, Fiber, Layer, Random, Ref, References } from "effect"
 import { TestClock } from "effect/testing"
 import { RelayConfig } from "../../../src/config/config.ts"
 import { DeadLetterSignal } from "../../../src/ops/dead-letter-signal.ts"
@@ -13,18 +12,9 @@ import { runRelayUntilStopped } from "../../../src/relay/relay.ts"
 import { RelayEvents } from "../../../src/relay/relay-events.ts"
 import { RelayState } from "../../../src/relay/relay-state.ts"
 import { type FakeKafka, fakePublisherLayer, makeFakeKafka } from "../fake-kafka.ts"
-import {
-  type FakeDatabase,
-  type FakeRow,
-  fakeOutboxStoreLayer,
-  makeFakeDatabase,
-  settleOutOfLimits,
-  snapshotRows,
-  writeEvents,
-} from "../fake-outbox-store.ts"
+import { type FakeDatabase, type FakeRow, fakeOutboxStoreLayer, makeFakeDatabase, snapshotRows, writeEvents } from "../fake-outbox-store.ts"
 import { makeRng } from "./random.ts"
 import { drawScenario, type EventKind, type Fault, type Scenario, TOPICS } from "./scenario.ts"
-import { makeStepChecker, type StepChecker } from "./step-checker.ts"
 
 interface Instance {
   readonly name: string
@@ -44,31 +34,15 @@ export interface SimulationResult {
   readonly endedAt: number
   /** Every instance's fiber ended (graceful stops completed). */
   readonly allStopped: boolean
-  /** What the step checker saw break, as it happened. */
-  readonly steps: StepChecker
-  /** When every event was SENT or DEAD (undefined: not within the settle limit). */
-  readonly settledAt: number | undefined
-  /** When the last fault was healed and the last restart made: settling is timed from here. */
-  readonly quietFrom: number
-  readonly crashes: number
 }
 
 const STEP_MS = 250
 const SETTLE_LIMIT_MS = 120_000
 
-// Nobody listens to the relay's events here; the real layer's 4,096-slot PubSub per instance
-// was a measurable share of a run.
-const silentRelayEvents = Layer.succeed(RelayEvents, RelayEvents.of({ emit: () => Effect.void, subscribe: Effect.succeed(Stream.empty) }))
-
 const instanceLayer = (scenario: Scenario, db: FakeDatabase, kafka: FakeKafka, name: string) =>
-  Layer.mergeAll(fakeOutboxStoreLayer(db), fakePublisherLayer(kafka), RelayState.layer, silentRelayEvents, DeadLetterSignal.layer).pipe(
+  Layer.mergeAll(fakeOutboxStoreLayer(db), fakePublisherLayer(kafka), RelayState.layer, RelayEvents.layer, DeadLetterSignal.layer).pipe(
     Layer.provideMerge(Layer.mergeAll(Layer.succeed(InstanceId, name), Layer.succeed(RelayConfig, scenario.config))),
   )
-
-interface Action {
-  readonly at: number
-  readonly run: Effect.Effect<void>
-}
 
 export const simulate = (seed: number): Effect.Effect<SimulationResult> =>
   Effect.scoped(
@@ -76,22 +50,15 @@ export const simulate = (seed: number): Effect.Effect<SimulationResult> =>
       const rng = makeRng(seed)
       const scenario = drawScenario(seed, rng)
       const db = yield* makeFakeDatabase(rng.next)
-      const broker = scenario.broker
       const kafka = makeFakeKafka({
         topics: [TOPICS.search_click, TOPICS.ac_select, scenario.config.dlqTopic],
         random: rng.next,
         dlqMaxRecordBytes: scenario.dlqMaxRecordBytes,
-        latencyMs: broker._tag === "slow" ? () => rng.int(0, broker.maxMs) : () => 0,
       })
-      const steps = makeStepChecker()
-      db.observer = steps
-      kafka.observer = steps
       const scope = yield* Effect.scope
       const kinds = new Map<string, EventKind>()
       const instances: Array<Instance> = []
       let started = 0
-      let crashes = 0
-      let quietFrom = scenario.healAt
 
       const start = Effect.gen(function* () {
         const name = `relay-${started++}`
@@ -104,8 +71,6 @@ export const simulate = (seed: number): Effect.Effect<SimulationResult> =>
       const crash = (instance: Instance) =>
         Effect.gen(function* () {
           instance.stop = "crashed"
-          crashes++
-          steps.crashed(instance.name)
           db.faults.severed.add(instance.name)
           kafka.faults.severed.add(instance.name)
           yield* Effect.forkIn(Fiber.interrupt(instance.fiber), scope)
@@ -116,28 +81,17 @@ export const simulate = (seed: number): Effect.Effect<SimulationResult> =>
           yield* Effect.forkIn(Fiber.interrupt(instance.fiber), scope)
         })
 
-      // What happens when, in time order; an action may add later ones (a restart after a crash).
-      const agenda: Array<Action> = []
-      const schedule = (at: number, run: Effect.Effect<void>) => {
-        let i = agenda.length
-        while (i > 0 && agenda[i - 1]!.at > at) i--
-        agenda.splice(i, 0, { at, run })
-      }
+      const timeline: Array<{ readonly at: number; readonly run: Effect.Effect<void> }> = []
       for (const write of scenario.writes) {
-        schedule(
-          write.at,
-          Effect.suspend(() => {
+        timeline.push({
+          at: write.at,
+          run: Effect.gen(function* () {
             for (const e of write.events) kinds.set(e.dedupKey, e.kind)
-            return writeEvents(db, write.events)
+            yield* writeEvents(db, write.events)
           }),
-        )
+        })
       }
-      const removedTopics = new Map<string, number>()
-      const restoreTopics = () => {
-        for (const [topic, partitions] of removedTopics) kafka.topics.set(topic, partitions)
-        removedTopics.clear()
-      }
-      const faultActions = (fault: Fault): ReadonlyArray<Action> => {
+      const faultActions = (fault: Fault): ReadonlyArray<{ readonly at: number; readonly run: Effect.Effect<void> }> => {
         const window = (on: () => void, off: () => void, forMs: number) => [
           { at: fault.at, run: Effect.sync(on) },
           { at: fault.at + forMs, run: Effect.sync(off) },
@@ -181,18 +135,6 @@ export const simulate = (seed: number): Effect.Effect<SimulationResult> =>
             )
           case "CreateTopic":
             return [{ at: fault.at, run: Effect.sync(() => kafka.topics.set(fault.topic, 2)) }]
-          case "DeadLetterTopicMissing": {
-            const topic = scenario.config.dlqTopic
-            return window(
-              () => {
-                const partitions = kafka.topics.get(topic)
-                if (partitions !== undefined) removedTopics.set(topic, partitions)
-                kafka.topics.delete(topic)
-              },
-              restoreTopics,
-              fault.forMs,
-            )
-          }
           case "Pause": {
             let target: Instance | undefined
             return [
@@ -215,20 +157,10 @@ export const simulate = (seed: number): Effect.Effect<SimulationResult> =>
                 at: fault.at,
                 run: Effect.suspend(() => {
                   const target = running(fault.instance)
+                  // Keep one instance running, or a restart, so the backlog still drains.
                   if (target === undefined) return Effect.void
                   const last = instances.filter((i) => i.stop === "running").length === 1
-                  // The restart comes restartAfterMs later; the last instance always comes back (at
-                  // once when the schedule drew no restart), so the backlog still drains.
-                  const restartAfter = fault.restartAfterMs ?? (last ? 0 : undefined)
-                  if (restartAfter === undefined) return crash(target)
-                  return crash(target).pipe(
-                    Effect.andThen(
-                      Effect.sync(() => {
-                        quietFrom = Math.max(quietFrom, fault.at + restartAfter)
-                        schedule(fault.at + restartAfter, start)
-                      }),
-                    ),
-                  )
+                  return crash(target).pipe(Effect.andThen(last || fault.restartAfterMs !== undefined ? start : Effect.void))
                 }),
               },
             ]
@@ -244,38 +176,31 @@ export const simulate = (seed: number): Effect.Effect<SimulationResult> =>
             ]
         }
       }
-      for (const fault of scenario.faults) for (const action of faultActions(fault)) schedule(action.at, action.run)
-      schedule(
-        scenario.healAt,
-        Effect.sync(() => {
+      for (const fault of scenario.faults) timeline.push(...faultActions(fault))
+      timeline.push({
+        at: scenario.healAt,
+        run: Effect.sync(() => {
           kafka.faults.down = false
           kafka.faults.errorRate = 0
           kafka.faults.timeoutRate = 0
           kafka.faults.sendDelayMs = 0
           db.faults.down = false
           db.faults.failureRate = 0
-          restoreTopics()
         }),
-      )
+      })
+      timeline.sort((a, b) => a.at - b.at)
 
-      // Rows from before the row limits, then the migration that adds them (and settles what breaks them).
-      for (const e of scenario.legacy) kinds.set(e.dedupKey, e.kind)
-      yield* writeEvents(db, scenario.legacy, false)
-      db.constraints = scenario.constraints
-      if (scenario.constraints) yield* settleOutOfLimits(db)
       for (let i = 0; i < scenario.instances; i++) yield* start
-      while (agenda.length > 0) {
-        const action = agenda.shift()!
+      for (const action of timeline) {
         const now = yield* Clock.currentTimeMillis
         if (action.at > now) yield* TestClock.adjust(action.at - now)
         yield* action.run
       }
       // Healed: run until every event is settled (or give up, and let the invariants say why).
-      const settled = Effect.map(Ref.get(db.table), (t) => t.rows.every((r) => r.status === "SENT" || r.status === "DEAD"))
-      while (!(yield* settled) && (yield* Clock.currentTimeMillis) < quietFrom + SETTLE_LIMIT_MS) {
+      const settled = (rows: ReadonlyArray<FakeRow>) => rows.every((r) => r.status === "SENT" || r.status === "DEAD")
+      while (!settled(yield* snapshotRows(db)) && (yield* Clock.currentTimeMillis) < scenario.healAt + SETTLE_LIMIT_MS) {
         yield* TestClock.adjust(STEP_MS)
       }
-      const settledAt = (yield* settled) ? yield* Clock.currentTimeMillis : undefined
       for (const instance of instances) if (instance.stop === "running") yield* stopGracefully(instance)
       const stopLimit = (yield* Clock.currentTimeMillis) + 30_000
       const done = () => Effect.sync(() => instances.every((i) => i.fiber.pollUnsafe() !== undefined))
@@ -289,10 +214,6 @@ export const simulate = (seed: number): Effect.Effect<SimulationResult> =>
         instances: instances.map((i) => ({ name: i.name, stop: i.stop })),
         endedAt: yield* Clock.currentTimeMillis,
         allStopped: yield* done(),
-        steps,
-        settledAt,
-        quietFrom,
-        crashes,
       } satisfies SimulationResult
     }),
   ).pipe(Effect.provide(TestClock.layer()), Random.withSeed(seed), Effect.provideService(References.MinimumLogLevel, "None"))
