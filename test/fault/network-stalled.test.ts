@@ -7,19 +7,12 @@
 import { describe, expect, it } from "vitest"
 import { waitSent } from "../support/fault/fault-db.ts"
 import { expectEveryEventAccountedFor } from "../support/fault/ledger.ts"
-import { startOwnedBroker } from "../support/fault/processes.ts"
-import { outage, Scenario, stage } from "../support/fault/scenario.ts"
-import { StallingProxy } from "../support/fault/tcp-proxy.ts"
+import { brokerBehindProxy, outage, Scenario, stage } from "../support/fault/scenario.ts"
 
 describe("fault: network to the broker stalls", () => {
   it("relays every event after a network stall heals, keys in order, nothing dead-lettered", async () => {
     const s = new Scenario("network stall (blackhole proxy)")
-    const proxy = await StallingProxy.listen()
-    s.defer("proxy", () => proxy.close())
-    const broker = await startOwnedBroker({ advertisedPort: proxy.port })
-    proxy.forwardTo(broker.port)
-    s.defer("broker", broker.stop)
-    s.diagnose("broker log", () => broker.logTail())
+    const { proxy, broker } = await brokerBehindProxy(s)
     const st = await stage(s, { label: "stall", brokers: broker.bootstrap })
 
     const relay = s.startRelay("fault-stall", st.relayEnv)

@@ -11,10 +11,8 @@ import { type EventSpec, insertEvents } from "../support/fault/event-writer.ts"
 import { readOutbox, waitDrained } from "../support/fault/fault-db.ts"
 import { limitTopic } from "../support/fault/kafka-readback.ts"
 import { expectEveryEventAccountedFor, printReport } from "../support/fault/ledger.ts"
-import { startOwnedBroker } from "../support/fault/processes.ts"
 import { FAST_RELAY_ENV } from "../support/fault/relay-process.ts"
-import { Scenario, settle, stage } from "../support/fault/scenario.ts"
-import { StallingProxy } from "../support/fault/tcp-proxy.ts"
+import { brokerBehindProxy, Scenario, settle, stage } from "../support/fault/scenario.ts"
 
 // The probe drained 3,000; CI drains fewer (each batch takes seconds here by design).
 const ROWS = Number(process.env.FAULT_SLOW_BROKER_ROWS ?? 400)
@@ -30,12 +28,7 @@ const events = (n: number): ReadonlyArray<EventSpec> =>
 describe("fault: a slow broker", () => {
   it("drains with two instances behind a broker that answers 150 ms late: no takeover, no duplicate", async () => {
     const s = new Scenario("slow broker (delay proxy)")
-    const proxy = await StallingProxy.listen()
-    s.defer("proxy", () => proxy.close())
-    const broker = await startOwnedBroker({ advertisedPort: proxy.port })
-    proxy.forwardTo(broker.port)
-    s.defer("broker", broker.stop)
-    s.diagnose("broker log", () => broker.logTail())
+    const { proxy, broker } = await brokerBehindProxy(s)
     const st = await stage(s, { label: "slow", brokers: broker.bootstrap, mappedTypes: ["search_click", "ac_select"] })
     await limitTopic(st.brokers, st.topics.dlq, 1_500)
     const written = events(ROWS)

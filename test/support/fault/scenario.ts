@@ -7,8 +7,9 @@ import { DEFAULT_PLAN, EventWriter } from "./event-writer.ts"
 import { type Db, maxId, openDb, readOutbox, scenarioDatabase, startDrainTimer, waitDrained } from "./fault-db.ts"
 import { createScenarioTopics, readAll, type ScenarioTopics } from "./kafka-readback.ts"
 import { account, type Ledger, printReport } from "./ledger.ts"
-import { sleep } from "./processes.ts"
+import { sleep, startOwnedBroker } from "./processes.ts"
 import { RelayProcess } from "./relay-process.ts"
+import { StallingProxy } from "./tcp-proxy.ts"
 
 export class Scenario {
   readonly name: string
@@ -179,4 +180,15 @@ export const outage = async (
     extra: o.extra(((healedAt - down) / 1000).toFixed(1)),
   })
   return ledger
+}
+
+/** A broker of the scenario's own that every client reaches through a proxy (it advertises the proxy's port). */
+export const brokerBehindProxy = async (s: Scenario) => {
+  const proxy = await StallingProxy.listen()
+  s.defer("proxy", () => proxy.close())
+  const broker = await startOwnedBroker({ advertisedPort: proxy.port })
+  proxy.forwardTo(broker.port)
+  s.defer("broker", broker.stop)
+  s.diagnose("broker log", () => broker.logTail())
+  return { proxy, broker }
 }
